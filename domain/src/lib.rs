@@ -1,0 +1,14 @@
+//! The pure core of FlowForge.
+//!
+//! Everything here is deterministic and free of IO: aggregates are written in the
+//! Decider shape (`initial`, `evolve`, `decide`), events are plain data that know
+//! their stable `event_type` and `schema_version`, and the clock, ids and randomness
+//! arrive inside commands. Storage, transport and HTTP live in outer crates that
+//! depend on this one, never the other way round.
+
+pub mod decider;
+pub mod metadata;
+pub mod run;
+
+pub use decider::{Decider, DomainEvent, EventDecodeError};
+pub use metadata::{Actor, ActorKind, EventMetadata, TenantId};

@@ -1,0 +1,1635 @@
+//! The Run aggregate: one function run, its SDK calls, steps, waits and outcome.
+//!
+//! A run advances by *calls* to the user's app (the SDK protocol). A call is due for a
+//! *target*: `Discovery` (run the function from the top with the memoized steps, see what
+//! comes next) or `Step(id)` (execute one planned step). Every due call carries a
+//! `token`; a job that names a token the state no longer holds is stale and is refused
+//! with [`RunError::StaleCall`], which is how redelivered work becomes a no-op.
+//!
+//! Stream: `run-<uuid>`, stream type `run`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::decider::{Decider, DomainEvent};
+
+pub const STREAM_TYPE: &str = "run";
+
+pub fn stream_id(run_id: Uuid) -> String {
+    format!("run-{run_id}")
+}
+
+/// The function version a run executes. Pinned at creation: a later app sync does not
+/// change what an in-flight run calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRef {
+    pub app_id: String,
+    /// The function's id as the app registered it (the protocol's `fnId`).
+    pub function_id: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackoffPolicy {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            initial_ms: 1_000,
+            max_ms: 10 * 60 * 1_000,
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// Exponential backoff with deterministic "full jitter" in [d/2, d].
+    ///
+    /// The jitter is a hash of (run, target, attempt) rather than a random draw so that
+    /// `decide` stays pure and a replayed decision produces the same time.
+    pub fn delay(&self, attempt: u32, jitter_seed: u64) -> Duration {
+        let exp = self
+            .initial_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(self.max_ms).max(1);
+        let half = capped / 2;
+        let jitter = if half == 0 {
+            0
+        } else {
+            jitter_seed % (half + 1)
+        };
+        Duration::milliseconds(i64::try_from(half + jitter).unwrap_or(i64::MAX))
+    }
+}
+
+/// An error as the SDK protocol reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    pub name: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+}
+
+impl StepError {
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            message: message.into(),
+            stack: None,
+        }
+    }
+}
+
+/// A memoized step result, in the shape the SDK protocol hands back to the app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutput {
+    Data(Value),
+    Error(StepError),
+    /// A step with no value: a finished sleep, a wait that timed out.
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Run,
+    Sleep,
+    WaitForEvent,
+    Invoke,
+}
+
+/// What a call is made for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallTarget {
+    /// Run the function from the top; the SDK reports what it finds next.
+    Discovery,
+    /// Execute one planned step (parallel steps, or after immediate execution was disabled).
+    Step(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    pub run_id: Uuid,
+    pub step_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub step_id: String,
+    pub name: String,
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunCreated {
+    pub run_id: Uuid,
+    pub function: FunctionRef,
+    /// The triggering events exactly as the SDK will receive them (`event` is the first).
+    pub events: Vec<Value>,
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffPolicy,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallFinished {
+    pub target: CallTarget,
+    pub token: u64,
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCompleted {
+    pub step_id: String,
+    pub name: String,
+    pub kind: StepKind,
+    pub output: StepOutput,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailed {
+    pub step_id: String,
+    pub name: String,
+    /// 1-based number of the attempt that failed.
+    pub attempt: u32,
+    pub error: StepError,
+    /// The call that retries the step.
+    pub retry_target: CallTarget,
+    pub retry_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepStarted {
+    pub step_id: String,
+    pub name: String,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitStarted {
+    pub step_id: String,
+    pub name: String,
+    /// The event name waited for.
+    pub event: String,
+    /// A CEL expression over `event` (the trigger) and `async` (the candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvokeStarted {
+    pub step_id: String,
+    pub name: String,
+    pub function_id: String,
+    pub child_run_id: Uuid,
+    pub payload: Value,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallFailed {
+    pub target: CallTarget,
+    /// 1-based number of the attempt that failed.
+    pub attempt: u32,
+    pub error: StepError,
+    pub retry_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunCompleted {
+    pub output: Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFailed {
+    pub error: StepError,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunCancelled {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum RunEvent {
+    #[serde(rename = "run.created")]
+    Created(RunCreated),
+    #[serde(rename = "run.call_finished")]
+    CallFinished(CallFinished),
+    #[serde(rename = "run.step_completed")]
+    StepCompleted(StepCompleted),
+    #[serde(rename = "run.step_failed")]
+    StepFailed(StepFailed),
+    #[serde(rename = "run.steps_planned")]
+    StepsPlanned { steps: Vec<PlannedStep> },
+    #[serde(rename = "run.sleep_started")]
+    SleepStarted(SleepStarted),
+    #[serde(rename = "run.wait_started")]
+    WaitStarted(WaitStarted),
+    #[serde(rename = "run.invoke_started")]
+    InvokeStarted(InvokeStarted),
+    #[serde(rename = "run.call_failed")]
+    CallFailed(CallFailed),
+    #[serde(rename = "run.completed")]
+    Completed(RunCompleted),
+    #[serde(rename = "run.failed")]
+    Failed(RunFailed),
+    #[serde(rename = "run.cancelled")]
+    Cancelled(RunCancelled),
+}
+
+impl DomainEvent for RunEvent {
+    const STREAM_TYPE: &'static str = STREAM_TYPE;
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            RunEvent::Created(_) => "run.created",
+            RunEvent::CallFinished(_) => "run.call_finished",
+            RunEvent::StepCompleted(_) => "run.step_completed",
+            RunEvent::StepFailed(_) => "run.step_failed",
+            RunEvent::StepsPlanned { .. } => "run.steps_planned",
+            RunEvent::SleepStarted(_) => "run.sleep_started",
+            RunEvent::WaitStarted(_) => "run.wait_started",
+            RunEvent::InvokeStarted(_) => "run.invoke_started",
+            RunEvent::CallFailed(_) => "run.call_failed",
+            RunEvent::Completed(_) => "run.completed",
+            RunEvent::Failed(_) => "run.failed",
+            RunEvent::Cancelled(_) => "run.cancelled",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// No events yet.
+    New,
+    /// Created, no call has finished yet.
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::New => "new",
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoizedStep {
+    pub name: String,
+    pub kind: StepKind,
+    pub output: StepOutput,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Waiting {
+    Sleep {
+        until: DateTime<Utc>,
+    },
+    Event {
+        event: String,
+        expression: Option<String>,
+        until: DateTime<Utc>,
+    },
+    Invoke {
+        child_run_id: Uuid,
+        until: DateTime<Utc>,
+    },
+}
+
+impl Waiting {
+    pub fn until(&self) -> DateTime<Utc> {
+        match self {
+            Waiting::Sleep { until }
+            | Waiting::Event { until, .. }
+            | Waiting::Invoke { until, .. } => *until,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCall {
+    pub token: u64,
+    /// The attempt number the SDK sees (`ctx.attempt`, 0-based).
+    pub attempt: u32,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub status: RunStatus,
+    pub run_id: Option<Uuid>,
+    pub function: Option<FunctionRef>,
+    pub events: Vec<Value>,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    pub replay_of: Option<Uuid>,
+    pub parent: Option<ParentLink>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Memoized steps by hashed step id.
+    pub steps: BTreeMap<String, MemoizedStep>,
+    /// Step ids in the order they completed (the protocol's `ctx.stack`).
+    pub stack: Vec<String>,
+    /// Failed attempts so far of steps that have not completed.
+    pub step_attempts: BTreeMap<String, u32>,
+    pub waiting: BTreeMap<String, Waiting>,
+    pub due: BTreeMap<CallTarget, DueCall>,
+    /// Failed function-level attempts since the last step completed.
+    pub call_attempts: u32,
+    /// Source of call tokens; only ever increases.
+    pub last_token: u64,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        Self {
+            status: RunStatus::New,
+            run_id: None,
+            function: None,
+            events: Vec::new(),
+            max_attempts: 1,
+            backoff: BackoffPolicy::default(),
+            replay_of: None,
+            parent: None,
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            steps: BTreeMap::new(),
+            stack: Vec::new(),
+            step_attempts: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            due: BTreeMap::new(),
+            call_attempts: 0,
+            last_token: 0,
+            output: None,
+            error: None,
+        }
+    }
+}
+
+impl RunState {
+    fn make_due(&mut self, target: CallTarget, attempt: u32, not_before: Option<DateTime<Utc>>) {
+        self.last_token += 1;
+        self.due.insert(
+            target,
+            DueCall {
+                token: self.last_token,
+                attempt,
+                not_before,
+            },
+        );
+    }
+
+    fn finish(&mut self, status: RunStatus, at: DateTime<Utc>) {
+        self.status = status;
+        self.finished_at = Some(at);
+        self.due.clear();
+        self.waiting.clear();
+    }
+
+    fn jitter_seed(&self, target: &CallTarget, attempt: u32) -> u64 {
+        // FNV-1a over the run id, target and attempt: stable across processes and versions.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        if let Some(id) = self.run_id {
+            feed(id.as_bytes());
+        }
+        match target {
+            CallTarget::Discovery => feed(b"discovery"),
+            CallTarget::Step(id) => feed(id.as_bytes()),
+        }
+        feed(&attempt.to_le_bytes());
+        hash
+    }
+
+    fn retry_at(
+        &self,
+        target: &CallTarget,
+        attempt: u32,
+        now: DateTime<Utc>,
+        retry_after: Option<DateTime<Utc>>,
+    ) -> DateTime<Utc> {
+        retry_after.filter(|t| *t > now).unwrap_or_else(|| {
+            now + self
+                .backoff
+                .delay(attempt, self.jitter_seed(target, attempt))
+        })
+    }
+
+    fn is_known_step(&self, step_id: &str) -> bool {
+        self.steps.contains_key(step_id)
+            || self.waiting.contains_key(step_id)
+            || self.due.contains_key(&CallTarget::Step(step_id.to_owned()))
+    }
+}
+
+// ---------------------------------------------------------------- commands
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateRun {
+    pub run_id: Uuid,
+    pub function: FunctionRef,
+    pub events: Vec<Value>,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    pub replay_of: Option<Uuid>,
+    pub parent: Option<ParentLink>,
+    pub at: DateTime<Utc>,
+}
+
+/// One new step reported by the app in a 206 response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    StepRun {
+        id: String,
+        name: String,
+        output: Value,
+    },
+    StepError {
+        id: String,
+        name: String,
+        error: StepError,
+        retriable: bool,
+        retry_after: Option<DateTime<Utc>>,
+    },
+    StepPlanned {
+        id: String,
+        name: String,
+    },
+    Sleep {
+        id: String,
+        name: String,
+        until: DateTime<Utc>,
+    },
+    WaitForEvent {
+        id: String,
+        name: String,
+        event: String,
+        expression: Option<String>,
+        until: DateTime<Utc>,
+    },
+    InvokeFunction {
+        id: String,
+        name: String,
+        function_id: String,
+        payload: Value,
+        until: DateTime<Utc>,
+        /// Chosen by the caller so that `decide` stays pure.
+        child_run_id: Uuid,
+    },
+}
+
+/// What one call to the app answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    /// 200: the function returned.
+    Completed { output: Value },
+    /// 206: new steps.
+    Ops(Vec<Op>),
+    /// An error outside any step (or a transport failure).
+    Failed {
+        error: StepError,
+        retriable: bool,
+        retry_after: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunCommand {
+    Create(CreateRun),
+    RecordCall {
+        target: CallTarget,
+        token: u64,
+        outcome: CallOutcome,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+    },
+    CompleteSleep {
+        step_id: String,
+        at: DateTime<Utc>,
+    },
+    /// A matching event arrived (`Some`) or the wait timed out (`None`).
+    ResolveWait {
+        step_id: String,
+        event: Option<Value>,
+        at: DateTime<Utc>,
+    },
+    ResolveInvoke {
+        step_id: String,
+        result: Result<Value, StepError>,
+        at: DateTime<Utc>,
+    },
+    Cancel {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("run does not exist")]
+    NotFound,
+    #[error("run already exists")]
+    AlreadyExists,
+    #[error("run is already {0}")]
+    Finished(&'static str),
+    #[error("the call for {target:?} with token {token} is no longer due")]
+    StaleCall { target: CallTarget, token: u64 },
+    #[error("step {step_id} is not waiting for this")]
+    NotWaiting { step_id: String },
+    #[error("sleep {step_id} ends at {until}, not yet")]
+    TooEarly {
+        step_id: String,
+        until: DateTime<Utc>,
+    },
+    #[error("invalid command: {0}")]
+    Invalid(&'static str),
+}
+
+pub struct Run;
+
+impl Decider for Run {
+    type State = RunState;
+    type Command = RunCommand;
+    type Event = RunEvent;
+    type Error = RunError;
+
+    fn initial() -> RunState {
+        RunState::default()
+    }
+
+    fn evolve(mut state: RunState, event: &RunEvent) -> RunState {
+        match event {
+            RunEvent::Created(e) => {
+                state.status = RunStatus::Queued;
+                state.run_id = Some(e.run_id);
+                state.function = Some(e.function.clone());
+                state.events = e.events.clone();
+                state.max_attempts = e.max_attempts.max(1);
+                state.backoff = e.backoff;
+                state.replay_of = e.replay_of;
+                state.parent = e.parent.clone();
+                state.created_at = Some(e.created_at);
+                state.make_due(CallTarget::Discovery, 0, None);
+            }
+            RunEvent::CallFinished(e) => {
+                if state.due.get(&e.target).is_some_and(|d| d.token == e.token) {
+                    state.due.remove(&e.target);
+                }
+                if state.status == RunStatus::Queued {
+                    state.status = RunStatus::Running;
+                    state.started_at = Some(e.started_at);
+                }
+            }
+            RunEvent::StepCompleted(e) => {
+                state.steps.insert(
+                    e.step_id.clone(),
+                    MemoizedStep {
+                        name: e.name.clone(),
+                        kind: e.kind,
+                        output: e.output.clone(),
+                    },
+                );
+                state.stack.push(e.step_id.clone());
+                state.waiting.remove(&e.step_id);
+                state.step_attempts.remove(&e.step_id);
+                state.due.remove(&CallTarget::Step(e.step_id.clone()));
+                state.call_attempts = 0;
+                if !state.status.is_terminal() && !state.due.contains_key(&CallTarget::Discovery) {
+                    state.make_due(CallTarget::Discovery, 0, None);
+                }
+            }
+            RunEvent::StepFailed(e) => {
+                state.step_attempts.insert(e.step_id.clone(), e.attempt);
+                state.make_due(e.retry_target.clone(), e.attempt, Some(e.retry_at));
+            }
+            RunEvent::StepsPlanned { steps } => {
+                for step in steps {
+                    let attempt = state.step_attempts.get(&step.step_id).copied().unwrap_or(0);
+                    state.make_due(CallTarget::Step(step.step_id.clone()), attempt, None);
+                }
+            }
+            RunEvent::SleepStarted(e) => {
+                state
+                    .waiting
+                    .insert(e.step_id.clone(), Waiting::Sleep { until: e.until });
+            }
+            RunEvent::WaitStarted(e) => {
+                state.waiting.insert(
+                    e.step_id.clone(),
+                    Waiting::Event {
+                        event: e.event.clone(),
+                        expression: e.expression.clone(),
+                        until: e.until,
+                    },
+                );
+            }
+            RunEvent::InvokeStarted(e) => {
+                state.waiting.insert(
+                    e.step_id.clone(),
+                    Waiting::Invoke {
+                        child_run_id: e.child_run_id,
+                        until: e.until,
+                    },
+                );
+            }
+            RunEvent::CallFailed(e) => {
+                state.call_attempts = e.attempt;
+                state.make_due(e.target.clone(), e.attempt, Some(e.retry_at));
+            }
+            RunEvent::Completed(e) => {
+                state.output = Some(e.output.clone());
+                state.finish(RunStatus::Completed, e.at);
+            }
+            RunEvent::Failed(e) => {
+                state.error = Some(e.error.clone());
+                state.finish(RunStatus::Failed, e.at);
+            }
+            RunEvent::Cancelled(e) => state.finish(RunStatus::Cancelled, e.at),
+        }
+        state
+    }
+
+    fn decide(state: &RunState, command: RunCommand) -> Result<Vec<RunEvent>, RunError> {
+        if let RunCommand::Create(create) = command {
+            return decide_create(state, create);
+        }
+        match state.status {
+            RunStatus::New => return Err(RunError::NotFound),
+            status if status.is_terminal() => return Err(RunError::Finished(status.as_str())),
+            _ => {}
+        }
+        match command {
+            RunCommand::Create(_) => Err(RunError::AlreadyExists),
+            RunCommand::RecordCall {
+                target,
+                token,
+                outcome,
+                started_at,
+                finished_at,
+            } => decide_call(state, target, token, outcome, started_at, finished_at),
+            RunCommand::CompleteSleep { step_id, at } => match state.waiting.get(&step_id) {
+                Some(Waiting::Sleep { until }) if at < *until => Err(RunError::TooEarly {
+                    step_id,
+                    until: *until,
+                }),
+                Some(Waiting::Sleep { .. }) => Ok(vec![completed(
+                    state,
+                    &step_id,
+                    StepKind::Sleep,
+                    StepOutput::Nothing,
+                    at,
+                )]),
+                _ => Err(RunError::NotWaiting { step_id }),
+            },
+            RunCommand::ResolveWait { step_id, event, at } => match state.waiting.get(&step_id) {
+                Some(Waiting::Event { .. }) => {
+                    let output = event.map_or(StepOutput::Nothing, StepOutput::Data);
+                    Ok(vec![completed(
+                        state,
+                        &step_id,
+                        StepKind::WaitForEvent,
+                        output,
+                        at,
+                    )])
+                }
+                _ => Err(RunError::NotWaiting { step_id }),
+            },
+            RunCommand::ResolveInvoke {
+                step_id,
+                result,
+                at,
+            } => match state.waiting.get(&step_id) {
+                Some(Waiting::Invoke { .. }) => {
+                    let output = match result {
+                        Ok(data) => StepOutput::Data(data),
+                        Err(error) => StepOutput::Error(error),
+                    };
+                    Ok(vec![completed(
+                        state,
+                        &step_id,
+                        StepKind::Invoke,
+                        output,
+                        at,
+                    )])
+                }
+                _ => Err(RunError::NotWaiting { step_id }),
+            },
+            RunCommand::Cancel { reason, at } => {
+                Ok(vec![RunEvent::Cancelled(RunCancelled { reason, at })])
+            }
+        }
+    }
+}
+
+fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, RunError> {
+    if state.status != RunStatus::New {
+        return Err(RunError::AlreadyExists);
+    }
+    if create.events.is_empty() {
+        return Err(RunError::Invalid(
+            "a run needs at least one triggering event",
+        ));
+    }
+    Ok(vec![RunEvent::Created(RunCreated {
+        run_id: create.run_id,
+        function: create.function,
+        events: create.events,
+        max_attempts: create.max_attempts.max(1),
+        backoff: create.backoff,
+        created_at: create.at,
+        replay_of: create.replay_of,
+        parent: create.parent,
+    })])
+}
+
+fn completed(
+    state: &RunState,
+    step_id: &str,
+    kind: StepKind,
+    output: StepOutput,
+    at: DateTime<Utc>,
+) -> RunEvent {
+    let name = state
+        .steps
+        .get(step_id)
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| step_id.to_owned());
+    RunEvent::StepCompleted(StepCompleted {
+        step_id: step_id.to_owned(),
+        name,
+        kind,
+        output,
+        at,
+    })
+}
+
+fn decide_call(
+    state: &RunState,
+    target: CallTarget,
+    token: u64,
+    outcome: CallOutcome,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+) -> Result<Vec<RunEvent>, RunError> {
+    let due = match state.due.get(&target) {
+        Some(due) if due.token == token => due,
+        _ => return Err(RunError::StaleCall { target, token }),
+    };
+    let mut events = vec![RunEvent::CallFinished(CallFinished {
+        target: target.clone(),
+        token,
+        attempt: due.attempt,
+        started_at,
+        finished_at,
+    })];
+    match outcome {
+        CallOutcome::Completed { output } => {
+            events.push(RunEvent::Completed(RunCompleted {
+                output,
+                at: finished_at,
+            }));
+        }
+        CallOutcome::Failed {
+            error,
+            retriable,
+            retry_after,
+        } => {
+            let attempt = due.attempt + 1;
+            if retriable && attempt < state.max_attempts {
+                events.push(RunEvent::CallFailed(CallFailed {
+                    retry_at: state.retry_at(&target, attempt, finished_at, retry_after),
+                    target,
+                    attempt,
+                    error,
+                }));
+            } else {
+                events.push(RunEvent::Failed(RunFailed {
+                    error,
+                    at: finished_at,
+                }));
+            }
+        }
+        CallOutcome::Ops(ops) => {
+            let mut planned = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for op in ops {
+                decide_op(
+                    state,
+                    &target,
+                    op,
+                    finished_at,
+                    &mut events,
+                    &mut planned,
+                    &mut seen,
+                );
+            }
+            if !planned.is_empty() {
+                events.push(RunEvent::StepsPlanned { steps: planned });
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn decide_op(
+    state: &RunState,
+    target: &CallTarget,
+    op: Op,
+    now: DateTime<Utc>,
+    events: &mut Vec<RunEvent>,
+    planned: &mut Vec<PlannedStep>,
+    seen: &mut std::collections::BTreeSet<String>,
+) {
+    let id = match &op {
+        Op::StepRun { id, .. }
+        | Op::StepError { id, .. }
+        | Op::StepPlanned { id, .. }
+        | Op::Sleep { id, .. }
+        | Op::WaitForEvent { id, .. }
+        | Op::InvokeFunction { id, .. } => id.clone(),
+    };
+    // A step the run already knows about (memoized, waiting, or planned) may be reported
+    // again by a discovery call while it is in flight; only its own call may finish it.
+    let own_call = *target == CallTarget::Step(id.clone());
+    if state.steps.contains_key(&id) || !seen.insert(id.clone()) {
+        return;
+    }
+    if state.is_known_step(&id) && !own_call {
+        return;
+    }
+    match op {
+        Op::StepRun { id, name, output } => {
+            events.push(RunEvent::StepCompleted(StepCompleted {
+                step_id: id,
+                name,
+                kind: StepKind::Run,
+                output: StepOutput::Data(output),
+                at: now,
+            }));
+        }
+        Op::StepError {
+            id,
+            name,
+            error,
+            retriable,
+            retry_after,
+        } => {
+            let attempt = state.step_attempts.get(&id).copied().unwrap_or(0) + 1;
+            if retriable && attempt < state.max_attempts {
+                events.push(RunEvent::StepFailed(StepFailed {
+                    retry_at: state.retry_at(target, attempt, now, retry_after),
+                    step_id: id,
+                    name,
+                    attempt,
+                    error,
+                    retry_target: target.clone(),
+                }));
+            } else {
+                events.push(RunEvent::StepCompleted(StepCompleted {
+                    step_id: id,
+                    name,
+                    kind: StepKind::Run,
+                    output: StepOutput::Error(error),
+                    at: now,
+                }));
+            }
+        }
+        Op::StepPlanned { id, name } => planned.push(PlannedStep { step_id: id, name }),
+        Op::Sleep { id, name, until } => events.push(RunEvent::SleepStarted(SleepStarted {
+            step_id: id,
+            name,
+            until,
+        })),
+        Op::WaitForEvent {
+            id,
+            name,
+            event,
+            expression,
+            until,
+        } => events.push(RunEvent::WaitStarted(WaitStarted {
+            step_id: id,
+            name,
+            event,
+            expression,
+            until,
+        })),
+        Op::InvokeFunction {
+            id,
+            name,
+            function_id,
+            payload,
+            until,
+            child_run_id,
+        } => events.push(RunEvent::InvokeStarted(InvokeStarted {
+            step_id: id,
+            name,
+            function_id,
+            child_run_id,
+            payload,
+            until,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decider::spec::DeciderSpec;
+    use serde_json::json;
+
+    type Spec = DeciderSpec<Run>;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    fn run_id() -> Uuid {
+        Uuid::from_u128(42)
+    }
+
+    fn function() -> FunctionRef {
+        FunctionRef {
+            app_id: "shop".into(),
+            function_id: "process-order".into(),
+            version: 1,
+        }
+    }
+
+    fn created() -> RunEvent {
+        RunEvent::Created(RunCreated {
+            run_id: run_id(),
+            function: function(),
+            events: vec![json!({"name": "order/created", "data": {"total": 10}})],
+            max_attempts: 3,
+            backoff: BackoffPolicy {
+                initial_ms: 100,
+                max_ms: 1_000,
+            },
+            created_at: t(0),
+            replay_of: None,
+            parent: None,
+        })
+    }
+
+    fn call_finished(target: CallTarget, token: u64, attempt: u32) -> RunEvent {
+        RunEvent::CallFinished(CallFinished {
+            target,
+            token,
+            attempt,
+            started_at: t(1),
+            finished_at: t(2),
+        })
+    }
+
+    fn record(target: CallTarget, token: u64, outcome: CallOutcome) -> RunCommand {
+        RunCommand::RecordCall {
+            target,
+            token,
+            outcome,
+            started_at: t(1),
+            finished_at: t(2),
+        }
+    }
+
+    fn step_done(id: &str, output: Value) -> RunEvent {
+        RunEvent::StepCompleted(StepCompleted {
+            step_id: id.into(),
+            name: id.into(),
+            kind: StepKind::Run,
+            output: StepOutput::Data(output),
+            at: t(2),
+        })
+    }
+
+    fn step_run(id: &str, output: Value) -> Op {
+        Op::StepRun {
+            id: id.into(),
+            name: id.into(),
+            output,
+        }
+    }
+
+    #[test]
+    fn create_records_the_pinned_function_and_makes_discovery_due() {
+        let state = Spec::given([])
+            .when(RunCommand::Create(CreateRun {
+                run_id: run_id(),
+                function: function(),
+                events: vec![json!({"name": "order/created", "data": {"total": 10}})],
+                max_attempts: 3,
+                backoff: BackoffPolicy {
+                    initial_ms: 100,
+                    max_ms: 1_000,
+                },
+                replay_of: None,
+                parent: None,
+                at: t(0),
+            }))
+            .then([created()]);
+        assert_eq!(state.status, RunStatus::Queued);
+        assert_eq!(state.due[&CallTarget::Discovery].token, 1);
+    }
+
+    #[test]
+    fn creating_an_existing_run_is_refused() {
+        Spec::given([created()])
+            .when(RunCommand::Create(CreateRun {
+                run_id: run_id(),
+                function: function(),
+                events: vec![json!({})],
+                max_attempts: 1,
+                backoff: BackoffPolicy::default(),
+                replay_of: None,
+                parent: None,
+                at: t(0),
+            }))
+            .then_error(|e| *e == RunError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_run_needs_a_triggering_event() {
+        Spec::given([])
+            .when(RunCommand::Create(CreateRun {
+                run_id: run_id(),
+                function: function(),
+                events: vec![],
+                max_attempts: 1,
+                backoff: BackoffPolicy::default(),
+                replay_of: None,
+                parent: None,
+                at: t(0),
+            }))
+            .then_error(|e| matches!(e, RunError::Invalid(_)));
+    }
+
+    #[test]
+    fn commands_on_a_missing_run_are_refused() {
+        Spec::given([])
+            .when(RunCommand::Cancel {
+                reason: "x".into(),
+                at: t(0),
+            })
+            .then_error(|e| *e == RunError::NotFound);
+    }
+
+    #[test]
+    fn an_immediately_executed_step_is_memoized_and_discovery_becomes_due_again() {
+        let state = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![step_run("a", json!(1))]),
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                step_done("a", json!(1)),
+            ]);
+        assert_eq!(state.status, RunStatus::Running);
+        assert_eq!(state.started_at, Some(t(1)));
+        assert_eq!(state.stack, vec!["a".to_owned()]);
+        assert_eq!(state.due[&CallTarget::Discovery].token, 2);
+    }
+
+    #[test]
+    fn a_redelivered_call_for_a_state_that_moved_on_is_stale() {
+        Spec::given([
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            step_done("a", json!(1)),
+        ])
+        .when(record(
+            CallTarget::Discovery,
+            1,
+            CallOutcome::Ops(vec![step_run("a", json!(1))]),
+        ))
+        .then_error(|e| matches!(e, RunError::StaleCall { token: 1, .. }));
+    }
+
+    #[test]
+    fn a_step_reported_again_is_never_memoized_twice() {
+        Spec::given([
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            step_done("a", json!(1)),
+        ])
+        .when(record(
+            CallTarget::Discovery,
+            2,
+            CallOutcome::Ops(vec![step_run("a", json!(99)), step_run("b", json!(2))]),
+        ))
+        .then([
+            call_finished(CallTarget::Discovery, 2, 0),
+            step_done("b", json!(2)),
+        ]);
+    }
+
+    #[test]
+    fn the_function_returning_completes_the_run() {
+        let state = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Completed {
+                    output: json!({"ok": true}),
+                },
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                RunEvent::Completed(RunCompleted {
+                    output: json!({"ok": true}),
+                    at: t(2),
+                }),
+            ]);
+        assert_eq!(state.status, RunStatus::Completed);
+        assert!(state.due.is_empty());
+    }
+
+    #[test]
+    fn a_failing_step_is_retried_with_backoff_then_memoized_as_an_error() {
+        let err = StepError::new("Error", "card declined");
+        let fail = |token| {
+            record(
+                CallTarget::Discovery,
+                token,
+                CallOutcome::Ops(vec![Op::StepError {
+                    id: "charge".into(),
+                    name: "charge".into(),
+                    error: err.clone(),
+                    retriable: true,
+                    retry_after: None,
+                }]),
+            )
+        };
+        let first = Spec::given([created()]).when(fail(1)).events();
+        let RunEvent::StepFailed(failed) = &first[1] else {
+            panic!("expected a step failure, got {first:?}");
+        };
+        assert_eq!(failed.attempt, 1);
+        assert!(failed.retry_at >= t(2) + Duration::milliseconds(50));
+        assert!(failed.retry_at <= t(2) + Duration::milliseconds(100));
+
+        let mut given = vec![created()];
+        given.extend(first);
+        let second = Spec::given(given.clone()).when(fail(2)).events();
+        assert!(matches!(&second[1], RunEvent::StepFailed(f) if f.attempt == 2));
+        given.extend(second);
+        let state = Spec::given(given.clone()).when(fail(3)).then([
+            call_finished(CallTarget::Discovery, 3, 2),
+            RunEvent::StepCompleted(StepCompleted {
+                step_id: "charge".into(),
+                name: "charge".into(),
+                kind: StepKind::Run,
+                output: StepOutput::Error(err.clone()),
+                at: t(2),
+            }),
+        ]);
+        assert_eq!(state.due[&CallTarget::Discovery].attempt, 0);
+    }
+
+    #[test]
+    fn a_non_retriable_step_error_is_memoized_at_once() {
+        let err = StepError::new("NonRetriableError", "bad input");
+        Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![Op::StepError {
+                    id: "v".into(),
+                    name: "validate".into(),
+                    error: err.clone(),
+                    retriable: false,
+                    retry_after: None,
+                }]),
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                RunEvent::StepCompleted(StepCompleted {
+                    step_id: "v".into(),
+                    name: "validate".into(),
+                    kind: StepKind::Run,
+                    output: StepOutput::Error(err),
+                    at: t(2),
+                }),
+            ]);
+    }
+
+    #[test]
+    fn retry_after_from_the_app_wins_over_backoff() {
+        let events = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Failed {
+                    error: StepError::new("Error", "rate limited"),
+                    retriable: true,
+                    retry_after: Some(t(60_000)),
+                },
+            ))
+            .events();
+        assert!(
+            matches!(&events[1], RunEvent::CallFailed(f) if f.retry_at == t(60_000) && f.attempt == 1)
+        );
+    }
+
+    #[test]
+    fn function_errors_fail_the_run_when_attempts_are_exhausted_or_not_retriable() {
+        let err = StepError::new("Error", "boom");
+        let failed = |attempt| {
+            RunEvent::CallFailed(CallFailed {
+                target: CallTarget::Discovery,
+                attempt,
+                error: err.clone(),
+                retry_at: t(500),
+            })
+        };
+        // Tokens: 1 at creation, 2 after the first failure, 3 after the second.
+        let state = Spec::given([
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            failed(1),
+            call_finished(CallTarget::Discovery, 2, 1),
+            failed(2),
+        ])
+        .when(record(
+            CallTarget::Discovery,
+            3,
+            CallOutcome::Failed {
+                error: err.clone(),
+                retriable: true,
+                retry_after: None,
+            },
+        ))
+        .then([
+            call_finished(CallTarget::Discovery, 3, 2),
+            RunEvent::Failed(RunFailed {
+                error: err.clone(),
+                at: t(2),
+            }),
+        ]);
+        assert_eq!(state.status, RunStatus::Failed);
+
+        Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Failed {
+                    error: err.clone(),
+                    retriable: false,
+                    retry_after: None,
+                },
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                RunEvent::Failed(RunFailed {
+                    error: err,
+                    at: t(2),
+                }),
+            ]);
+    }
+
+    #[test]
+    fn parallel_steps_are_planned_and_each_executed_by_its_own_call() {
+        let state = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![
+                    Op::StepPlanned {
+                        id: "a".into(),
+                        name: "a".into(),
+                    },
+                    Op::StepPlanned {
+                        id: "b".into(),
+                        name: "b".into(),
+                    },
+                ]),
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                RunEvent::StepsPlanned {
+                    steps: vec![
+                        PlannedStep {
+                            step_id: "a".into(),
+                            name: "a".into(),
+                        },
+                        PlannedStep {
+                            step_id: "b".into(),
+                            name: "b".into(),
+                        },
+                    ],
+                },
+            ]);
+        assert_eq!(state.due.len(), 2);
+        let a = state.due[&CallTarget::Step("a".into())].token;
+        let b = state.due[&CallTarget::Step("b".into())].token;
+        assert_ne!(a, b);
+
+        // Step a's own call finishes it; the discovery call that follows sees b still in flight.
+        let mut given = vec![
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            RunEvent::StepsPlanned {
+                steps: vec![
+                    PlannedStep {
+                        step_id: "a".into(),
+                        name: "a".into(),
+                    },
+                    PlannedStep {
+                        step_id: "b".into(),
+                        name: "b".into(),
+                    },
+                ],
+            },
+        ];
+        let after_a = Spec::given(given.clone())
+            .when(record(
+                CallTarget::Step("a".into()),
+                a,
+                CallOutcome::Ops(vec![step_run("a", json!("A"))]),
+            ))
+            .then([
+                call_finished(CallTarget::Step("a".into()), a, 0),
+                step_done("a", json!("A")),
+            ]);
+        given.push(call_finished(CallTarget::Step("a".into()), a, 0));
+        given.push(step_done("a", json!("A")));
+        let discovery = after_a.due[&CallTarget::Discovery].token;
+        Spec::given(given)
+            .when(record(
+                CallTarget::Discovery,
+                discovery,
+                CallOutcome::Ops(vec![Op::StepPlanned {
+                    id: "b".into(),
+                    name: "b".into(),
+                }]),
+            ))
+            .then([call_finished(CallTarget::Discovery, discovery, 0)]);
+    }
+
+    #[test]
+    fn a_sleep_completes_only_when_its_time_has_come() {
+        let given = [
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            RunEvent::SleepStarted(SleepStarted {
+                step_id: "nap".into(),
+                name: "nap".into(),
+                until: t(10_000),
+            }),
+        ];
+        Spec::given(given.clone())
+            .when(RunCommand::CompleteSleep {
+                step_id: "nap".into(),
+                at: t(9_999),
+            })
+            .then_error(|e| matches!(e, RunError::TooEarly { .. }));
+        let state = Spec::given(given)
+            .when(RunCommand::CompleteSleep {
+                step_id: "nap".into(),
+                at: t(10_000),
+            })
+            .then([RunEvent::StepCompleted(StepCompleted {
+                step_id: "nap".into(),
+                name: "nap".into(),
+                kind: StepKind::Sleep,
+                output: StepOutput::Nothing,
+                at: t(10_000),
+            })]);
+        assert!(state.waiting.is_empty());
+        assert!(state.due.contains_key(&CallTarget::Discovery));
+    }
+
+    #[test]
+    fn a_wait_resolves_with_the_matched_event_or_nothing_on_timeout() {
+        let given = [
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            RunEvent::WaitStarted(WaitStarted {
+                step_id: "w".into(),
+                name: "wait-shipped".into(),
+                event: "order/shipped".into(),
+                expression: Some("event.data.id == async.data.id".into()),
+                until: t(60_000),
+            }),
+        ];
+        let matched = json!({"name": "order/shipped", "data": {"id": 1}});
+        Spec::given(given.clone())
+            .when(RunCommand::ResolveWait {
+                step_id: "w".into(),
+                event: Some(matched.clone()),
+                at: t(5),
+            })
+            .then([RunEvent::StepCompleted(StepCompleted {
+                step_id: "w".into(),
+                name: "w".into(),
+                kind: StepKind::WaitForEvent,
+                output: StepOutput::Data(matched),
+                at: t(5),
+            })]);
+        Spec::given(given)
+            .when(RunCommand::ResolveWait {
+                step_id: "w".into(),
+                event: None,
+                at: t(60_000),
+            })
+            .then([RunEvent::StepCompleted(StepCompleted {
+                step_id: "w".into(),
+                name: "w".into(),
+                kind: StepKind::WaitForEvent,
+                output: StepOutput::Nothing,
+                at: t(60_000),
+            })]);
+    }
+
+    #[test]
+    fn resolving_something_the_run_is_not_waiting_for_is_refused() {
+        Spec::given([created()])
+            .when(RunCommand::ResolveWait {
+                step_id: "nope".into(),
+                event: None,
+                at: t(1),
+            })
+            .then_error(|e| matches!(e, RunError::NotWaiting { .. }));
+        Spec::given([created()])
+            .when(RunCommand::CompleteSleep {
+                step_id: "nope".into(),
+                at: t(1),
+            })
+            .then_error(|e| matches!(e, RunError::NotWaiting { .. }));
+    }
+
+    #[test]
+    fn an_invoke_resumes_with_the_child_result_or_error() {
+        let child = Uuid::from_u128(7);
+        let events = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![Op::InvokeFunction {
+                    id: "i".into(),
+                    name: "invoke-child".into(),
+                    function_id: "shop-child".into(),
+                    payload: json!({"data": {"x": 1}}),
+                    until: t(3_600_000),
+                    child_run_id: child,
+                }]),
+            ))
+            .events();
+        let mut given = vec![created()];
+        given.extend(events);
+        let state = Spec::given(given.clone())
+            .when(RunCommand::ResolveInvoke {
+                step_id: "i".into(),
+                result: Err(StepError::new("Error", "child failed")),
+                at: t(9),
+            })
+            .then([RunEvent::StepCompleted(StepCompleted {
+                step_id: "i".into(),
+                name: "i".into(),
+                kind: StepKind::Invoke,
+                output: StepOutput::Error(StepError::new("Error", "child failed")),
+                at: t(9),
+            })]);
+        assert!(state.waiting.is_empty());
+        Spec::given(given)
+            .when(RunCommand::ResolveInvoke {
+                step_id: "i".into(),
+                result: Ok(json!(5)),
+                at: t(9),
+            })
+            .events();
+    }
+
+    #[test]
+    fn cancel_stops_a_live_run_and_a_finished_run_stays_finished() {
+        let state = Spec::given([created()])
+            .when(RunCommand::Cancel {
+                reason: "user".into(),
+                at: t(3),
+            })
+            .then([RunEvent::Cancelled(RunCancelled {
+                reason: "user".into(),
+                at: t(3),
+            })]);
+        assert_eq!(state.status, RunStatus::Cancelled);
+        assert!(state.due.is_empty());
+        Spec::given([
+            created(),
+            RunEvent::Cancelled(RunCancelled {
+                reason: "user".into(),
+                at: t(3),
+            }),
+        ])
+        .when(RunCommand::Cancel {
+            reason: "again".into(),
+            at: t(4),
+        })
+        .then_error(|e| *e == RunError::Finished("cancelled"));
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_stored_form() {
+        let events = vec![
+            created(),
+            call_finished(CallTarget::Step("x".into()), 3, 1),
+            step_done("a", json!({"n": 1})),
+            RunEvent::StepsPlanned {
+                steps: vec![PlannedStep {
+                    step_id: "p".into(),
+                    name: "p".into(),
+                }],
+            },
+            RunEvent::Cancelled(RunCancelled {
+                reason: "r".into(),
+                at: t(1),
+            }),
+            RunEvent::Failed(RunFailed {
+                error: StepError::new("E", "m"),
+                at: t(1),
+            }),
+        ];
+        for event in events {
+            let payload = event.to_payload();
+            assert!(payload.is_object(), "{payload}");
+            let back = RunEvent::from_stored(event.event_type(), payload).unwrap();
+            assert_eq!(back, event);
+        }
+        assert!(matches!(
+            RunEvent::from_stored("run.exploded", json!({})),
+            Err(crate::EventDecodeError::UnknownType(_))
+        ));
+        assert!(matches!(
+            RunEvent::from_stored("run.completed", json!({"output": 1})),
+            Err(crate::EventDecodeError::Payload { .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_cap() {
+        let policy = BackoffPolicy {
+            initial_ms: 1_000,
+            max_ms: 8_000,
+        };
+        for seed in [0u64, 1, 999, u64::MAX] {
+            let d1 = policy.delay(1, seed).num_milliseconds();
+            let d3 = policy.delay(3, seed).num_milliseconds();
+            let d9 = policy.delay(9, seed).num_milliseconds();
+            assert!((500..=1_000).contains(&d1), "{d1}");
+            assert!((2_000..=4_000).contains(&d3), "{d3}");
+            assert!((4_000..=8_000).contains(&d9), "{d9}");
+        }
+    }
+}

@@ -1,0 +1,898 @@
+//! The event-log conformance suite: the same cases against every backend.
+//!
+//! PostgreSQL cases create their own database (and skip without a server unless
+//! `CI=true`); SQLite cases use a temporary file. The EventStoreDB backend runs the
+//! same cases where `FLOWFORGE_TEST_ESDB_URL` points at a server (see `esdb` below).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowforge_domain::{Actor, EventMetadata, TenantId};
+use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
+use flowforge_store::sqlite::{SqliteConfig, SqliteEventStore};
+use flowforge_store::{
+    EventStore, ExpectedVersion, LogFilter, NewEvent, StoreError, Upcasters, subscribe,
+};
+use flowforge_tests::pg::TestDatabase;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDatabase),
+    #[cfg(feature = "esdb")]
+    Esdb(String),
+}
+
+impl Backend {
+    async fn sqlite() -> Option<Self> {
+        Some(Backend::Sqlite(tempfile::tempdir().unwrap()))
+    }
+
+    async fn postgres() -> Option<Self> {
+        TestDatabase::create().await.map(Backend::Postgres)
+    }
+
+    /// EventStoreDB cannot be installed on the CI machine; these cases run only where
+    /// `FLOWFORGE_TEST_ESDB_URL` points at a server, and skip (even in CI) otherwise.
+    #[cfg(feature = "esdb")]
+    async fn esdb() -> Option<Self> {
+        match std::env::var("FLOWFORGE_TEST_ESDB_URL") {
+            Ok(url) => Some(Backend::Esdb(url)),
+            Err(_) => {
+                eprintln!(
+                    "SKIPPED: FLOWFORGE_TEST_ESDB_URL is not set; no EventStoreDB to test against"
+                );
+                None
+            }
+        }
+    }
+
+    async fn open(&self, upcasters: Upcasters) -> Arc<dyn EventStore> {
+        match self {
+            #[cfg(feature = "esdb")]
+            Backend::Esdb(url) => Arc::new(
+                flowforge_store::esdb::EsdbEventStore::connect(url, upcasters)
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Sqlite(dir) => Arc::new(
+                SqliteEventStore::open(&SqliteConfig::new(dir.path().join("log.db")), upcasters)
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Postgres(db) => Arc::new(
+                PostgresEventStore::connect(&PostgresConfig::new(db.url()), upcasters)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// Runs raw SQL against the log's database, bypassing the store.
+    async fn execute_raw(&self, sql: &str) -> Result<(), String> {
+        use sqlx::Connection;
+        let result = match self {
+            #[cfg(feature = "esdb")]
+            Backend::Esdb(_) => return Err(format!("append-only: no SQL on EventStoreDB ({sql})")),
+            Backend::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("log.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+            }
+            Backend::Postgres(db) => {
+                let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+fn meta(tenant: &str) -> EventMetadata {
+    EventMetadata::new(TenantId::new(tenant), Actor::system("conformance"))
+        .with_correlation(Uuid::now_v7())
+        .with_request("req-1")
+}
+
+fn event(event_type: &str, payload: Value) -> NewEvent {
+    NewEvent::new(event_type, payload, meta("t1"))
+}
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| event("thing.happened", json!({"i": i})))
+        .collect()
+}
+
+fn stream() -> String {
+    format!("thing-{}", Uuid::now_v7())
+}
+
+async fn append_n(store: &dyn EventStore, stream_id: &str, n: usize) -> Vec<u64> {
+    store
+        .append(stream_id, "thing", ExpectedVersion::Any, events(n))
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.global_position)
+        .collect()
+}
+
+// ------------------------------------------------------------------ cases
+
+async fn versions_start_at_one_and_positions_increase(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let first = store
+        .append(&s, "thing", ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    assert!(!first.already_stored);
+    let versions: Vec<u64> = first.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    let positions: Vec<u64> = first.events.iter().map(|e| e.global_position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+    let second = store
+        .append(&s, "thing", ExpectedVersion::Exact(3), events(1))
+        .await
+        .unwrap();
+    assert_eq!(second.stream_version(), 4);
+    assert!(second.last_position() > positions[2]);
+
+    let stored = store.read_stream(&s, 1).await.unwrap();
+    let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert!(
+        stored
+            .iter()
+            .all(|e| e.stream_type == "thing" && e.stream_id == s)
+    );
+}
+
+async fn stored_events_keep_every_field(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let metadata = EventMetadata::new(TenantId::new("acme"), Actor::user("u-1"))
+        .with_correlation(Uuid::now_v7())
+        .with_causation(Uuid::now_v7())
+        .with_request("req-9");
+    let new = NewEvent::new(
+        "thing.created",
+        json!({"name": "ünïcode ✓", "nested": {"n": [1, 2.5, null, true]}}),
+        metadata.clone(),
+    );
+    let id = new.event_id;
+    assert_eq!(id.get_version_num(), 7, "event ids are UUIDv7");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    store
+        .append(&s, "thing", ExpectedVersion::NoStream, vec![new.clone()])
+        .await
+        .unwrap();
+    let read = store.event_by_id(id).await.unwrap().expect("stored");
+    assert_eq!(read.event_id, id);
+    assert_eq!(read.event_type, "thing.created");
+    assert_eq!(read.schema_version, 1);
+    assert_eq!(read.payload, new.payload);
+    assert_eq!(read.metadata, metadata);
+    assert_eq!(read.stream_version, 1);
+    assert!(
+        read.recorded_at > before
+            && read.recorded_at < chrono::Utc::now() + chrono::Duration::seconds(5)
+    );
+    assert!(store.event_by_id(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+async fn a_wrong_expected_version_is_a_typed_conflict(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    append_n(&*store, &s, 2).await;
+    for expected in [
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::Exact(3),
+        ExpectedVersion::NoStream,
+    ] {
+        match store.append(&s, "thing", expected, events(1)).await {
+            Err(StoreError::Conflict {
+                stream_id,
+                expected: e,
+                actual,
+            }) => {
+                assert_eq!(stream_id, s);
+                assert_eq!(e, expected);
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected a conflict for {expected:?}, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store
+            .append(&stream(), "thing", ExpectedVersion::StreamExists, events(1))
+            .await,
+        Err(StoreError::Conflict { actual: 0, .. })
+    ));
+    store
+        .append(&s, "thing", ExpectedVersion::StreamExists, events(1))
+        .await
+        .unwrap();
+    // Nothing was written by the refused appends.
+    assert_eq!(store.read_stream(&s, 1).await.unwrap().len(), 3);
+}
+
+async fn appending_stored_event_ids_again_writes_nothing(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let batch = events(3);
+    let first = store
+        .append(&s, "thing", ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    let stored_before = all_positions(&*store).await;
+    // A client retrying after a timeout: same ids, whatever expected version it sends.
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Any,
+        ExpectedVersion::Exact(0),
+    ] {
+        let retry = store
+            .append(&s, "thing", expected, batch.clone())
+            .await
+            .unwrap();
+        assert!(retry.already_stored);
+        assert_eq!(retry.events, first.events);
+    }
+    assert_eq!(all_positions(&*store).await, stored_before);
+
+    // Not a retry: the first id is stored but the batch differs.
+    let mut mixed = vec![batch[0].clone()];
+    mixed.extend(events(1));
+    assert!(matches!(
+        store.append(&s, "thing", ExpectedVersion::Any, mixed).await,
+        Err(StoreError::IdempotencyMismatch { .. })
+    ));
+    // A stored id smuggled into the middle of a new batch is refused as a whole.
+    let mut smuggled = events(1);
+    smuggled.push(batch[1].clone());
+    assert!(matches!(
+        store
+            .append(&s, "thing", ExpectedVersion::Any, smuggled)
+            .await,
+        Err(StoreError::IdempotencyMismatch { .. })
+    ));
+    // Refused appends may burn sequence values (holes are fine), but store nothing.
+    assert_eq!(all_positions(&*store).await, stored_before);
+}
+
+async fn all_positions(store: &dyn EventStore) -> Vec<u64> {
+    store
+        .read_all(0, 10_000, &LogFilter::all())
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.global_position)
+        .collect()
+}
+
+async fn concurrent_retries_of_one_append_store_it_once(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let batch = events(2);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let s = s.clone();
+            let batch = batch.clone();
+            tokio::spawn(
+                async move { store.append(&s, "thing", ExpectedVersion::Any, batch).await },
+            )
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap().unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| !o.already_stored).count(), 1);
+    assert!(outcomes.windows(2).all(|w| w[0].events == w[1].events));
+    assert_eq!(store.read_stream(&s, 1).await.unwrap().len(), 2);
+}
+
+async fn invalid_appends_are_refused(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    assert!(matches!(
+        store
+            .append(&s, "thing", ExpectedVersion::Any, vec![])
+            .await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    let mixed = vec![
+        NewEvent::new("a", json!({}), meta("t1")),
+        NewEvent::new("a", json!({}), meta("t2")),
+    ];
+    assert!(matches!(
+        store.append(&s, "thing", ExpectedVersion::Any, mixed).await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    append_n(&*store, &s, 1).await;
+    assert!(matches!(
+        store
+            .append(&s, "other", ExpectedVersion::Any, events(1))
+            .await,
+        Err(StoreError::StreamTypeMismatch { .. })
+    ));
+}
+
+async fn read_stream_starts_at_the_requested_version(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    append_n(&*store, &s, 5).await;
+    append_n(&*store, &stream(), 2).await;
+    let tail = store.read_stream(&s, 4).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(tail[0].payload, json!({"i": 3}));
+    assert!(store.read_stream(&s, 6).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_stream("thing-missing", 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn read_all_pages_in_order_and_filters(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let start = store.head_position().await.unwrap();
+    let a = stream();
+    let b = stream();
+    store
+        .append(
+            &a,
+            "thing",
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new("x.one", json!({"n": 1}), meta("t1")),
+                NewEvent::new("x.two", json!({"n": 2}), meta("t1")),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &b,
+            "thing",
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new("x.one", json!({"n": 3}), meta("t2")),
+                NewEvent::new("x.three", json!({"n": 4}), meta("t2")),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &a,
+            "thing",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("x.two", json!({"n": 5}), meta("t1"))],
+        )
+        .await
+        .unwrap();
+
+    // Paging: three pages of two, then one of one, never repeating.
+    let mut after = start;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read_all(after, 2, &LogFilter::all()).await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        assert!(page.events.len() <= 2);
+        for e in &page.events {
+            assert!(e.global_position > after);
+            seen.push(e.payload["n"].as_i64().unwrap());
+        }
+        after = page.scanned_to;
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+
+    let t2 = store
+        .read_all(start, 100, &LogFilter::all().tenant("t2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        t2.events
+            .iter()
+            .map(|e| e.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert!(t2.events.iter().all(|e| e.tenant_id() == "t2"));
+
+    let ones_and_threes = store
+        .read_all(
+            start,
+            100,
+            &LogFilter::all().event_types(["x.one", "x.three"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ones_and_threes
+            .events
+            .iter()
+            .map(|e| e.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 3, 4]
+    );
+    // A filtered page still reports how far it looked, so readers skip what did not match.
+    let head = store.head_position().await.unwrap();
+    assert_eq!(ones_and_threes.scanned_to, head);
+
+    let both = store
+        .read_all(
+            start,
+            100,
+            &LogFilter::all().tenant("t1").event_types(["x.two"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        both.events
+            .iter()
+            .map(|e| e.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 5]
+    );
+}
+
+async fn concurrent_appends_with_one_expected_version_have_one_winner(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    append_n(&*store, &s, 1).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                store
+                    .append(&s, "thing", ExpectedVersion::Exact(1), events(2))
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(outcome) => {
+                wins += 1;
+                assert_eq!(outcome.stream_version(), 3);
+            }
+            Err(StoreError::Conflict { actual, .. }) => {
+                conflicts += 1;
+                assert_eq!(actual, 3);
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((wins, conflicts), (1, 9));
+    let versions: Vec<u64> = store
+        .read_stream(&s, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+}
+
+async fn concurrent_any_appends_to_one_stream_all_land_contiguously(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let store = store.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                store
+                    .append(&s, "thing", ExpectedVersion::Any, events(3))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let versions: Vec<u64> = store
+        .read_stream(&s, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=36).collect::<Vec<u64>>());
+}
+
+async fn a_v1_event_is_read_as_v2_through_an_upcaster(backend: Backend) {
+    let s = stream();
+    let id = {
+        let store = backend.open(Upcasters::new()).await;
+        let v1 = NewEvent::new(
+            "customer.registered",
+            json!({"name": "Ada Lovelace"}),
+            meta("t1"),
+        );
+        let id = v1.event_id;
+        store
+            .append(&s, "customer", ExpectedVersion::NoStream, vec![v1])
+            .await
+            .unwrap();
+        let v2 = NewEvent::new(
+            "customer.registered",
+            json!({"first_name": "Grace", "last_name": "Hopper"}),
+            meta("t1"),
+        )
+        .with_schema_version(2);
+        store
+            .append(&s, "customer", ExpectedVersion::Exact(1), vec![v2])
+            .await
+            .unwrap();
+        id
+    };
+    let upcasters = Upcasters::new().register("customer.registered", 1, |mut payload| {
+        let name = payload["name"].as_str().unwrap_or_default().to_owned();
+        let (first, last) = name.split_once(' ').unwrap_or((&name, ""));
+        payload = json!({"first_name": first, "last_name": last});
+        payload
+    });
+    let store = backend.open(upcasters).await;
+    let read = store.read_stream(&s, 1).await.unwrap();
+    assert_eq!(read[0].schema_version, 2);
+    assert_eq!(
+        read[0].payload,
+        json!({"first_name": "Ada", "last_name": "Lovelace"})
+    );
+    assert_eq!(read[1].schema_version, 2);
+    assert_eq!(
+        read[1].payload,
+        json!({"first_name": "Grace", "last_name": "Hopper"})
+    );
+    let by_id = store.event_by_id(id).await.unwrap().unwrap();
+    assert_eq!(by_id.payload["first_name"], "Ada");
+    let page = store.read_all(0, 10, &LogFilter::all()).await.unwrap();
+    assert!(page.events.iter().all(|e| e.schema_version == 2));
+}
+
+async fn a_subscription_catches_up_then_receives_live_events(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    let s = stream();
+    let before = append_n(&*store, &s, 5).await;
+    let mut sub = subscribe(store.clone(), 0, LogFilter::all()).with_page_size(2);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(sub.next().await.unwrap().global_position);
+    }
+    assert_eq!(seen, before);
+
+    let writer = {
+        let store = store.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                positions.extend(append_n(&*store, &s, 1).await);
+            }
+            positions
+        })
+    };
+    let mut live = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("live event arrives")
+            .unwrap();
+        live.push(e.global_position);
+        // Live delivery is pushed, not found by the 500 ms fallback poll.
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(live, writer.await.unwrap());
+    // Filtered subscriptions skip what does not match.
+    let mut filtered = subscribe(store.clone(), 0, LogFilter::all().tenant("nobody"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), filtered.next())
+            .await
+            .is_err()
+    );
+    assert_eq!(filtered.position(), store.head_position().await.unwrap());
+}
+
+/// The sequence-gap problem: writers commit out of position order; a subscriber tailing
+/// the log must see every committed event exactly once, in position order.
+async fn a_subscriber_sees_every_committed_event_once_in_order_under_concurrent_writers(
+    backend: Backend,
+) {
+    let store = backend.open(Upcasters::new()).await;
+    let writers = 16;
+    let appends_per_writer = 40;
+    let mut sub = subscribe(store.clone(), 0, LogFilter::all());
+    let collector = tokio::spawn(async move {
+        let mut positions = Vec::new();
+        let mut ids = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Ok(e)) => {
+                    if e.event_type == "test.done" {
+                        break;
+                    }
+                    positions.push(e.global_position);
+                    ids.push(e.event_id);
+                }
+                Ok(Err(err)) => panic!("subscription failed: {err}"),
+                Err(_) => panic!("subscription stalled after {} events", positions.len()),
+            }
+        }
+        (positions, ids)
+    });
+
+    let chaos = Arc::new(backend);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let chaos = chaos.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..appends_per_writer {
+                let s = format!("gap-{w}-{}", i % 4);
+                let batch: Vec<NewEvent> = (0..1 + (i % 3))
+                    .map(|_| event("test.event", json!({"w": w, "i": i})))
+                    .collect();
+                let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+                match (w % 4, i % 5) {
+                    // Slow transactions that hold their positions while others commit.
+                    (0, 0) => {
+                        if chaos
+                            .slow_append(&s, &batch, Duration::from_millis(30), false)
+                            .await
+                        {
+                            committed.extend(ids);
+                        }
+                    }
+                    // Aborted transactions that leave holes in the sequence.
+                    (1, 0) | (2, 3) => {
+                        chaos
+                            .slow_append(&s, &batch, Duration::from_millis(5), true)
+                            .await;
+                    }
+                    _ => {
+                        store
+                            .append(&s, "gap", ExpectedVersion::Any, batch)
+                            .await
+                            .unwrap();
+                        committed.extend(ids);
+                    }
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = BTreeSet::new();
+    for task in tasks {
+        committed.extend(task.await.unwrap());
+    }
+    store
+        .append(
+            &stream(),
+            "thing",
+            ExpectedVersion::Any,
+            vec![event("test.done", json!({}))],
+        )
+        .await
+        .unwrap();
+    let (positions, ids) = collector.await.unwrap();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "delivered out of order or twice"
+    );
+    let delivered: BTreeSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(delivered.len(), ids.len(), "an event was delivered twice");
+    let missing: Vec<_> = committed.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} committed events never delivered",
+        missing.len()
+    );
+    let extra: Vec<_> = delivered.difference(&committed).collect();
+    assert!(
+        extra.is_empty(),
+        "{} delivered events were never committed",
+        extra.len()
+    );
+    if matches!(*chaos, Backend::Postgres(_)) {
+        let overtaken = OVERTAKEN.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            overtaken > 0,
+            "the test did not provoke a single out-of-order commit"
+        );
+        eprintln!(
+            "{overtaken} transactions committed (or aborted) after higher positions had committed"
+        );
+    }
+}
+
+/// Slow or aborted transactions that saw higher positions commit before they finished.
+static OVERTAKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Backend {
+    /// Appends inside an explicit transaction that sleeps before it commits or rolls back.
+    /// Returns whether the events were committed.
+    // Boxed so the spawned writer futures stay `Send` (rustc cannot prove it through the
+    // borrowed arguments of a plain `async fn` here).
+    fn slow_append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        batch: &'a [NewEvent],
+        delay: Duration,
+        abort: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            match self {
+                Backend::Postgres(db) => {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+                    // Plain statements rather than sqlx's Transaction keep this future `Send`.
+                    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+                    let types: Vec<String> = batch.iter().map(|e| e.event_type.clone()).collect();
+                    let versions: Vec<i32> = batch.iter().map(|_| 1).collect();
+                    let payloads: Vec<Value> = batch.iter().map(|e| e.payload.clone()).collect();
+                    let metadata: Vec<Value> = batch
+                        .iter()
+                        .map(|e| serde_json::to_value(&e.metadata).unwrap())
+                        .collect();
+                    let appended: Vec<(i64,)> = sqlx::query_as(
+                    "SELECT global_position FROM event_log_append($1, 'gap', -1, 't1', $2, $3, $4, $5, $6)",
+                )
+                .bind(stream_id)
+                    .bind(&ids)
+                    .bind(&types)
+                    .bind(&versions)
+                    .bind(&payloads)
+                    .bind(&metadata)
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                    tokio::time::sleep(delay).await;
+                    // Did higher positions commit while this transaction held lower ones? That
+                    // is the situation a naive "read past the highest committed" reader gets wrong.
+                    let mine = appended.iter().map(|r| r.0).max().unwrap_or(0);
+                    let mut observer = sqlx::PgConnection::connect(db.url()).await.unwrap();
+                    let overtaken: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM event_log WHERE global_position > $1",
+                    )
+                    .bind(mine)
+                    .fetch_one(&mut observer)
+                    .await
+                    .unwrap();
+                    if overtaken > 0 {
+                        OVERTAKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let end = if abort { "ROLLBACK" } else { "COMMIT" };
+                    sqlx::query(end).execute(&mut conn).await.unwrap();
+                    !abort
+                }
+                // One writer: a slow append delays everyone, and a refused one writes nothing.
+                Backend::Sqlite(_) => {
+                    tokio::time::sleep(delay).await;
+                    !abort && {
+                        // Committed through a second handle of the store, as another client would.
+                        let store = self.open(Upcasters::new()).await;
+                        store
+                            .append(stream_id, "gap", ExpectedVersion::Any, batch.to_vec())
+                            .await
+                            .is_ok()
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn the_log_cannot_be_changed_at_the_database_level(backend: Backend) {
+    let store = backend.open(Upcasters::new()).await;
+    append_n(&*store, &stream(), 3).await;
+    let head = store.head_position().await.unwrap();
+    for sql in [
+        "UPDATE event_log SET event_type = 'rewritten'",
+        "DELETE FROM event_log",
+        "DELETE FROM event_log WHERE global_position = 1",
+    ] {
+        let error = backend.execute_raw(sql).await.expect_err(sql);
+        assert!(error.contains("append-only"), "{sql}: {error}");
+    }
+    if matches!(backend, Backend::Postgres(_)) {
+        let error = backend
+            .execute_raw("TRUNCATE event_log")
+            .await
+            .expect_err("truncate");
+        assert!(error.contains("append-only"), "{error}");
+    }
+    let all = store.read_all(0, 100, &LogFilter::all()).await.unwrap();
+    assert_eq!(all.events.len(), 3);
+    assert!(all.events.iter().all(|e| e.event_type == "thing.happened"));
+    assert_eq!(all.events.last().unwrap().global_position, head);
+}
+
+// ------------------------------------------------------------------ instantiation
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = super::Backend::sqlite().await else { return };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = super::Backend::postgres().await else { return };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+        #[cfg(feature = "esdb")]
+        mod esdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = super::Backend::esdb().await else { return };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    versions_start_at_one_and_positions_increase,
+    stored_events_keep_every_field,
+    a_wrong_expected_version_is_a_typed_conflict,
+    appending_stored_event_ids_again_writes_nothing,
+    concurrent_retries_of_one_append_store_it_once,
+    invalid_appends_are_refused,
+    read_stream_starts_at_the_requested_version,
+    read_all_pages_in_order_and_filters,
+    concurrent_appends_with_one_expected_version_have_one_winner,
+    concurrent_any_appends_to_one_stream_all_land_contiguously,
+    a_v1_event_is_read_as_v2_through_an_upcaster,
+    a_subscription_catches_up_then_receives_live_events,
+    a_subscriber_sees_every_committed_event_once_in_order_under_concurrent_writers,
+    the_log_cannot_be_changed_at_the_database_level,
+);
