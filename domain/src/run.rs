@@ -261,6 +261,24 @@ pub enum RunEvent {
     Cancelled(RunCancelled),
 }
 
+impl RunEvent {
+    /// Every event type of the Run aggregate.
+    pub const TYPES: &'static [&'static str] = &[
+        "run.created",
+        "run.call_finished",
+        "run.step_completed",
+        "run.step_failed",
+        "run.steps_planned",
+        "run.sleep_started",
+        "run.wait_started",
+        "run.invoke_started",
+        "run.call_failed",
+        "run.completed",
+        "run.failed",
+        "run.cancelled",
+    ];
+}
+
 impl DomainEvent for RunEvent {
     const STREAM_TYPE: &'static str = STREAM_TYPE;
 
@@ -598,6 +616,7 @@ pub enum RunError {
     Invalid(&'static str),
 }
 
+#[derive(Debug)]
 pub struct Run;
 
 impl Decider for Run {
@@ -1602,6 +1621,7 @@ mod tests {
             }),
         ];
         for event in events {
+            assert!(RunEvent::TYPES.contains(&event.event_type()));
             let payload = event.to_payload();
             assert!(payload.is_object(), "{payload}");
             let back = RunEvent::from_stored(event.event_type(), payload).unwrap();

@@ -23,6 +23,8 @@ pub struct LogSubscription {
     buffer: VecDeque<StoredEvent>,
     watch: HeadWatch,
     page_size: usize,
+    /// Position of the last event handed to the caller.
+    delivered: u64,
 }
 
 impl LogSubscription {
@@ -35,6 +37,7 @@ impl LogSubscription {
             buffer: VecDeque::new(),
             watch,
             page_size: 1_000,
+            delivered: after,
         }
     }
 
@@ -43,15 +46,21 @@ impl LogSubscription {
         self
     }
 
-    /// The position of the last event read from the log (delivered or filtered out).
+    /// The position a consumer that has processed everything handed to it so far can
+    /// checkpoint: past filtered-out events, but never past a buffered, undelivered one.
     pub fn position(&self) -> u64 {
-        self.position
+        if self.buffer.is_empty() {
+            self.position
+        } else {
+            self.delivered
+        }
     }
 
     /// The next event, waiting for one if the subscriber has caught up.
     pub async fn next(&mut self) -> Result<StoredEvent, StoreError> {
         loop {
             if let Some(event) = self.buffer.pop_front() {
+                self.delivered = event.global_position;
                 return Ok(event);
             }
             let page = self.next_batch(self.page_size).await?;
@@ -63,7 +72,9 @@ impl LogSubscription {
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
         if !self.buffer.is_empty() {
             let n = self.buffer.len().min(max);
-            return Ok(self.buffer.drain(..n).collect());
+            let batch: Vec<StoredEvent> = self.buffer.drain(..n).collect();
+            self.delivered = batch.last().map_or(self.delivered, |e| e.global_position);
+            return Ok(batch);
         }
         let mut retry = IN_FLIGHT_RETRY;
         loop {
@@ -75,6 +86,10 @@ impl LogSubscription {
                 .await?;
             self.position = self.position.max(page.scanned_to);
             if !page.events.is_empty() {
+                self.delivered = page
+                    .events
+                    .last()
+                    .map_or(self.delivered, |e| e.global_position);
                 return Ok(page.events);
             }
             if self.watch.latest() > self.position {

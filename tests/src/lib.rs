@@ -21,3 +21,6 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
     eprintln!("SKIPPED: {what} is unavailable ({why}); set CI=true to make this a failure");
     None
 }
+
+pub mod backend;
+pub mod fixtures;
