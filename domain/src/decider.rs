@@ -68,6 +68,34 @@ pub trait DomainEvent: Sized + Serialize + DeserializeOwned {
         }
     }
 
+    /// Decodes a stored payload given as JSON text, parsing it once, straight into the
+    /// event type (no intermediate `Value`).
+    fn from_stored_json(event_type: &str, payload: &str) -> Result<Self, EventDecodeError> {
+        let trimmed = payload.trim();
+        let tag =
+            serde_json::to_string(event_type).map_err(|source| EventDecodeError::Payload {
+                event_type: event_type.to_owned(),
+                source,
+            })?;
+        let tagged = if trimmed == "{}" {
+            format!("{{\"type\":{tag}}}")
+        } else {
+            format!("{{\"type\":{tag},\"data\":{trimmed}}}")
+        };
+        match serde_json::from_str(&tagged) {
+            Ok(event) => Ok(event),
+            // Unusual shapes (empty struct variants) take the slower, more forgiving path.
+            Err(_) => {
+                let value: Value =
+                    serde_json::from_str(trimmed).map_err(|source| EventDecodeError::Payload {
+                        event_type: event_type.to_owned(),
+                        source,
+                    })?;
+                Self::from_stored(event_type, value)
+            }
+        }
+    }
+
     fn from_stored(event_type: &str, payload: Value) -> Result<Self, EventDecodeError> {
         let mut tagged = Map::with_capacity(2);
         tagged.insert("type".to_owned(), Value::String(event_type.to_owned()));

@@ -1624,6 +1624,9 @@ mod tests {
             assert!(RunEvent::TYPES.contains(&event.event_type()));
             let payload = event.to_payload();
             assert!(payload.is_object(), "{payload}");
+            let from_text =
+                RunEvent::from_stored_json(event.event_type(), &payload.to_string()).unwrap();
+            assert_eq!(from_text, event);
             let back = RunEvent::from_stored(event.event_type(), payload).unwrap();
             assert_eq!(back, event);
         }
@@ -1635,6 +1638,8 @@ mod tests {
             RunEvent::from_stored("run.completed", json!({"output": 1})),
             Err(crate::EventDecodeError::Payload { .. })
         ));
+        assert!(RunEvent::from_stored_json("run.completed", "{\"output\": 1}").is_err());
+        assert!(RunEvent::from_stored_json("run.completed", "not json").is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("event log backend error: {0}")]
     Backend(String),
+    /// The database could not be reached (a shared copy of a connection-class error).
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
     #[error("the event log writer has stopped")]
     WriterStopped,
 }
@@ -48,7 +51,7 @@ impl StoreError {
                         c.starts_with("08") || c == "40001" || c == "40P01" || c == "57P01"
                     })
             }
-            StoreError::WriterStopped => true,
+            StoreError::WriterStopped | StoreError::Unavailable(_) => true,
             _ => false,
         }
     }

@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use flowforge_domain::{DomainEvent, EventMetadata};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// The version a stream must be at for an append to go through.
@@ -94,7 +95,10 @@ impl NewEvent {
 }
 
 /// An event as the log holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The payload stays the JSON text it was stored as: readers that do not need it never
+/// parse it, and typed decoding parses it once, straight into the event type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEvent {
     pub event_id: Uuid,
     pub stream_id: String,
@@ -103,15 +107,35 @@ pub struct StoredEvent {
     pub global_position: u64,
     pub event_type: String,
     pub schema_version: u32,
-    pub payload: Value,
+    pub payload: Box<RawValue>,
     pub metadata: EventMetadata,
     pub recorded_at: DateTime<Utc>,
+}
+
+impl PartialEq for StoredEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_id == other.event_id
+            && self.stream_id == other.stream_id
+            && self.stream_type == other.stream_type
+            && self.stream_version == other.stream_version
+            && self.global_position == other.global_position
+            && self.event_type == other.event_type
+            && self.schema_version == other.schema_version
+            && self.payload.get() == other.payload.get()
+            && self.metadata == other.metadata
+            && self.recorded_at == other.recorded_at
+    }
 }
 
 impl StoredEvent {
     /// Decodes the payload into an aggregate's event type.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, flowforge_domain::EventDecodeError> {
-        E::from_stored(&self.event_type, self.payload.clone())
+        E::from_stored_json(&self.event_type, self.payload.get())
+    }
+
+    /// The payload as a JSON value (parses it).
+    pub fn payload_value(&self) -> Value {
+        serde_json::from_str(self.payload.get()).unwrap_or(Value::Null)
     }
 
     pub fn tenant_id(&self) -> &str {
@@ -178,7 +202,7 @@ impl LogFilter {
             && self
                 .event_types
                 .as_ref()
-                .is_none_or(|types| types.iter().any(|t| *t == event.event_type))
+                .is_none_or(|types| types.contains(&event.event_type))
     }
 }
 

@@ -84,6 +84,7 @@ impl LogSubscription {
                 .store
                 .read_all(self.position, max.max(1), &self.filter)
                 .await?;
+            let progressed = page.scanned_to > self.position;
             self.position = self.position.max(page.scanned_to);
             if !page.events.is_empty() {
                 self.delivered = page
@@ -91,6 +92,10 @@ impl LogSubscription {
                     .last()
                     .map_or(self.delivered, |e| e.global_position);
                 return Ok(page.events);
+            }
+            if progressed {
+                // A window with nothing for this filter; the next one may have something.
+                continue;
             }
             if self.watch.latest() > self.position {
                 // Something committed past what is readable: an earlier transaction is

@@ -57,11 +57,17 @@ impl Upcasters {
         }
         // The key is looked up by value; this small allocation only happens on a non-empty registry.
         let mut key = (event.event_type.clone(), event.schema_version);
+        if !self.by_type_and_version.contains_key(&key) {
+            return;
+        }
+        let mut payload = event.payload_value();
         while let Some(upcast) = self.by_type_and_version.get(&key) {
-            let payload = std::mem::take(&mut event.payload);
-            event.payload = upcast(payload);
+            payload = upcast(payload);
             event.schema_version += 1;
             key.1 = event.schema_version;
+        }
+        if let Ok(raw) = serde_json::value::to_raw_value(&payload) {
+            event.payload = raw;
         }
     }
 }

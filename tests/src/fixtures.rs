@@ -61,7 +61,7 @@ pub async fn drive_run(
     let steps = shape % 4;
     for i in 0..steps {
         let token = state.due[&CallTarget::Discovery].token;
-        let op = if i == 1 && shape % 5 == 0 {
+        let op = if i == 1 && shape.is_multiple_of(5) {
             Op::StepError {
                 id: format!("s{i}"),
                 name: format!("step {i}"),

@@ -184,7 +184,7 @@ async fn stored_events_keep_every_field(backend: Backend) {
     assert_eq!(read.event_id, id);
     assert_eq!(read.event_type, "thing.created");
     assert_eq!(read.schema_version, 1);
-    assert_eq!(read.payload, new.payload);
+    assert_eq!(read.payload_value(), new.payload);
     assert_eq!(read.metadata, metadata);
     assert_eq!(read.stream_version, 1);
     assert!(
@@ -344,7 +344,7 @@ async fn read_stream_starts_at_the_requested_version(backend: Backend) {
         tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
         vec![4, 5]
     );
-    assert_eq!(tail[0].payload, json!({"i": 3}));
+    assert_eq!(tail[0].payload_value(), json!({"i": 3}));
     assert!(store.read_stream(&s, 6).await.unwrap().is_empty());
     assert!(
         store
@@ -405,7 +405,7 @@ async fn read_all_pages_in_order_and_filters(backend: Backend) {
         assert!(page.events.len() <= 2);
         for e in &page.events {
             assert!(e.global_position > after);
-            seen.push(e.payload["n"].as_i64().unwrap());
+            seen.push(e.payload_value()["n"].as_i64().unwrap());
         }
         after = page.scanned_to;
     }
@@ -418,7 +418,7 @@ async fn read_all_pages_in_order_and_filters(backend: Backend) {
     assert_eq!(
         t2.events
             .iter()
-            .map(|e| e.payload["n"].as_i64().unwrap())
+            .map(|e| e.payload_value()["n"].as_i64().unwrap())
             .collect::<Vec<_>>(),
         vec![3, 4]
     );
@@ -436,7 +436,7 @@ async fn read_all_pages_in_order_and_filters(backend: Backend) {
         ones_and_threes
             .events
             .iter()
-            .map(|e| e.payload["n"].as_i64().unwrap())
+            .map(|e| e.payload_value()["n"].as_i64().unwrap())
             .collect::<Vec<_>>(),
         vec![1, 3, 4]
     );
@@ -455,7 +455,7 @@ async fn read_all_pages_in_order_and_filters(backend: Backend) {
     assert_eq!(
         both.events
             .iter()
-            .map(|e| e.payload["n"].as_i64().unwrap())
+            .map(|e| e.payload_value()["n"].as_i64().unwrap())
             .collect::<Vec<_>>(),
         vec![2, 5]
     );
@@ -565,16 +565,16 @@ async fn a_v1_event_is_read_as_v2_through_an_upcaster(backend: Backend) {
     let read = store.read_stream(&s, 1).await.unwrap();
     assert_eq!(read[0].schema_version, 2);
     assert_eq!(
-        read[0].payload,
+        read[0].payload_value(),
         json!({"first_name": "Ada", "last_name": "Lovelace"})
     );
     assert_eq!(read[1].schema_version, 2);
     assert_eq!(
-        read[1].payload,
+        read[1].payload_value(),
         json!({"first_name": "Grace", "last_name": "Hopper"})
     );
     let by_id = store.event_by_id(id).await.unwrap().unwrap();
-    assert_eq!(by_id.payload["first_name"], "Ada");
+    assert_eq!(by_id.payload_value()["first_name"], "Ada");
     let page = store.read_all(0, 10, &LogFilter::all()).await.unwrap();
     assert!(page.events.iter().all(|e| e.schema_version == 2));
 }
@@ -767,15 +767,18 @@ impl Backend {
                     let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
                     let types: Vec<String> = batch.iter().map(|e| e.event_type.clone()).collect();
                     let versions: Vec<i32> = batch.iter().map(|_| 1).collect();
-                    let payloads: Vec<Value> = batch.iter().map(|e| e.payload.clone()).collect();
-                    let metadata: Vec<Value> = batch
+                    let payloads: Vec<String> =
+                        batch.iter().map(|e| e.payload.to_string()).collect();
+                    let metadata: Vec<String> = batch
                         .iter()
-                        .map(|e| serde_json::to_value(&e.metadata).unwrap())
+                        .map(|e| serde_json::to_string(&e.metadata).unwrap())
                         .collect();
                     let appended: Vec<(i64,)> = sqlx::query_as(
-                    "SELECT global_position FROM event_log_append($1, 'gap', -1, 't1', $2, $3, $4, $5, $6)",
-                )
-                .bind(stream_id)
+                        "SELECT global_position FROM event_log_append(ARRAY[$1], ARRAY['gap'], \
+                         ARRAY[-1::bigint], ARRAY['t1'], ARRAY[$2::integer], $3, $4, $5, $6, $7)",
+                    )
+                    .bind(stream_id)
+                    .bind(i32::try_from(batch.len()).unwrap())
                     .bind(&ids)
                     .bind(&types)
                     .bind(&versions)

@@ -12,8 +12,10 @@ CREATE TABLE event_log (
     event_type      text        NOT NULL,
     schema_version  integer     NOT NULL CHECK (schema_version >= 1),
     tenant_id       text        NOT NULL,
-    payload         jsonb       NOT NULL,
-    metadata        jsonb       NOT NULL,
+    -- json, not jsonb: the log keeps the exact text it was given, and neither writing
+    -- nor reading pays for converting to and from the binary form.
+    payload         json        NOT NULL,
+    metadata        json        NOT NULL,
     recorded_at     timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT event_log_event_id_key UNIQUE (event_id),
     CONSTRAINT event_log_stream_version_key UNIQUE (stream_id, stream_version)
@@ -46,70 +48,93 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT (x'4646'::bigint << 48) | (value & x'0000FFFFFFFFFFFF'::bigint)
 $$;
 
--- Appends a batch of events to one stream. Expected version codes: -1 any, -2 no
--- stream, -3 stream exists, n >= 0 exactly n. Raises FF001 (detail = current version)
--- on a version mismatch and FF003 on a stream type mismatch. If the first event id is
--- already stored, returns the stored positions of the batch with already_stored = true.
+-- Appends a group of appends, each to one stream, in one transaction (one round trip,
+-- one commit). Append i has p_counts[i] events, laid out consecutively in the event
+-- arrays. Expected version codes: -1 any, -2 no stream, -3 stream exists, n >= 0
+-- exactly n. Each append is checked on its own and reported with a status:
+--   'ok'          inserted;
+--   'stored'      its first event id was already stored: the stored positions of its
+--                 event ids (an idempotent retry; the caller checks they are all there);
+--   'conflict'    the stream was not at the expected version (detail: current version);
+--   'stream_type' the stream has another type (detail: that type).
+-- A refused append writes nothing and does not affect the others. A concurrent
+-- transaction inserting the same stream version makes the whole call fail with a
+-- unique violation; the caller then retries the appends one by one.
 CREATE FUNCTION event_log_append(
-    p_stream_id       text,
-    p_stream_type     text,
-    p_expected        bigint,
-    p_tenant_id       text,
+    p_stream_ids      text[],
+    p_stream_types    text[],
+    p_expected        bigint[],
+    p_tenant_ids      text[],
+    p_counts          integer[],
     p_event_ids       uuid[],
     p_event_types     text[],
     p_schema_versions integer[],
-    p_payloads        jsonb[],
-    p_metadata        jsonb[]
-) RETURNS TABLE (global_position bigint, stream_version bigint, already_stored boolean)
+    p_payloads        text[],
+    p_metadata        text[]
+) RETURNS TABLE (append_index integer, status text, global_position bigint,
+                 stream_version bigint, detail text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_current bigint;
-    v_type    text;
     v_last    bigint;
     v_called  boolean;
+    v_offset  integer := 0;
+    v_first   integer;
+    v_final   integer;
+    v_current bigint;
+    v_type    text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM event_log e WHERE e.event_id = p_event_ids[1]) THEN
-        RETURN QUERY
-            SELECT e.global_position, e.stream_version, true
-            FROM unnest(p_event_ids) WITH ORDINALITY AS i(id, n)
-            JOIN event_log e ON e.event_id = i.id AND e.stream_id = p_stream_id
-            ORDER BY i.n;
-        RETURN;
-    END IF;
-
-    -- Announce this append before it allocates any position (see event_log_safe_position).
+    -- Announce this transaction before it allocates any position (see event_log_safe_position).
     SELECT s.last_value, s.is_called INTO v_last, v_called FROM event_log_position_seq s;
     PERFORM pg_advisory_xact_lock_shared(
         event_log_epoch_key(CASE WHEN v_called THEN v_last ELSE 0 END));
 
-    SELECT e.stream_version, e.stream_type INTO v_current, v_type
-    FROM event_log e
-    WHERE e.stream_id = p_stream_id
-    ORDER BY e.stream_version DESC
-    LIMIT 1;
-    v_current := coalesce(v_current, 0);
+    FOR i IN 1 .. coalesce(array_length(p_stream_ids, 1), 0) LOOP
+        v_first := v_offset + 1;
+        v_final := v_offset + p_counts[i];
+        v_offset := v_final;
 
-    IF v_type IS NOT NULL AND v_type <> p_stream_type THEN
-        RAISE EXCEPTION 'stream % has type %', p_stream_id, v_type
-            USING ERRCODE = 'FF003', DETAIL = v_type;
-    END IF;
-    IF (p_expected = -2 AND v_current <> 0)
-       OR (p_expected = -3 AND v_current = 0)
-       OR (p_expected >= 0 AND v_current <> p_expected) THEN
-        RAISE EXCEPTION 'stream % is at version %', p_stream_id, v_current
-            USING ERRCODE = 'FF001', DETAIL = v_current::text;
-    END IF;
+        IF EXISTS (SELECT 1 FROM event_log e WHERE e.event_id = p_event_ids[v_first]) THEN
+            RETURN QUERY
+                SELECT i, 'stored'::text, e.global_position, e.stream_version, NULL::text
+                FROM unnest(p_event_ids[v_first:v_final]) WITH ORDINALITY AS ids(id, n)
+                JOIN event_log e ON e.event_id = ids.id AND e.stream_id = p_stream_ids[i]
+                ORDER BY ids.n;
+            CONTINUE;
+        END IF;
 
-    RETURN QUERY
-        INSERT INTO event_log AS e (event_id, stream_id, stream_type, stream_version, event_type,
-                                    schema_version, tenant_id, payload, metadata)
-        SELECT i.id, p_stream_id, p_stream_type, v_current + i.n, i.event_type,
-               i.schema_version, p_tenant_id, i.payload, i.metadata
-        FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads, p_metadata)
-             WITH ORDINALITY AS i(id, event_type, schema_version, payload, metadata, n)
-        ORDER BY i.n
-        RETURNING e.global_position, e.stream_version, false;
+        v_current := NULL;
+        v_type := NULL;
+        SELECT e.stream_version, e.stream_type INTO v_current, v_type
+        FROM event_log e
+        WHERE e.stream_id = p_stream_ids[i]
+        ORDER BY e.stream_version DESC
+        LIMIT 1;
+        v_current := coalesce(v_current, 0);
+
+        IF v_type IS NOT NULL AND v_type <> p_stream_types[i] THEN
+            RETURN QUERY SELECT i, 'stream_type'::text, NULL::bigint, NULL::bigint, v_type;
+            CONTINUE;
+        END IF;
+        IF (p_expected[i] = -2 AND v_current <> 0)
+           OR (p_expected[i] = -3 AND v_current = 0)
+           OR (p_expected[i] >= 0 AND v_current <> p_expected[i]) THEN
+            RETURN QUERY SELECT i, 'conflict'::text, NULL::bigint, NULL::bigint, v_current::text;
+            CONTINUE;
+        END IF;
+
+        RETURN QUERY
+            INSERT INTO event_log AS e (event_id, stream_id, stream_type, stream_version,
+                                        event_type, schema_version, tenant_id, payload, metadata)
+            SELECT ev.id, p_stream_ids[i], p_stream_types[i], v_current + ev.n, ev.event_type,
+                   ev.schema_version, p_tenant_ids[i], ev.payload::json, ev.metadata::json
+            FROM unnest(p_event_ids[v_first:v_final], p_event_types[v_first:v_final],
+                        p_schema_versions[v_first:v_final], p_payloads[v_first:v_final],
+                        p_metadata[v_first:v_final])
+                 WITH ORDINALITY AS ev(id, event_type, schema_version, payload, metadata, n)
+            ORDER BY ev.n
+            RETURNING i, 'ok'::text, e.global_position, e.stream_version, NULL::text;
+    END LOOP;
 END
 $$;
 

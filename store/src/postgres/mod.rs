@@ -1,8 +1,11 @@
 //! The PostgreSQL event log (production).
 //!
-//! Appends are one call of the `event_log_append` SQL function (one round trip, one
-//! transaction). Reads are bounded by `event_log_safe_position()`, which is what makes
-//! the log safe to tail while concurrent transactions commit out of position order.
+//! Appends go through a few writer tasks that drain whatever appends are waiting and
+//! send them as one call of the `event_log_append` SQL function: one round trip and
+//! one commit (one WAL flush) for many appends, each still checked against its own
+//! expected version (group commit). Reads are bounded by `event_log_safe_position()`,
+//! which is what makes the log safe to tail while concurrent transactions commit out
+//! of position order.
 //!
 //! Cross-process wake-ups use LISTEN/NOTIFY, but the NOTIFY is sent *after* the append
 //! commits, from a separate statement: a NOTIFY inside the append transaction would take
@@ -14,7 +17,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
 use uuid::Uuid;
@@ -29,6 +31,9 @@ const NOTIFY_CHANNEL: &str = "flowforge_event_log";
 /// How many times an `ExpectedVersion::Any` append is retried when a concurrent append
 /// to the same stream took the version it computed.
 const ANY_VERSION_RETRIES: usize = 16;
+/// Appends (and events) one database call may carry.
+const MAX_APPENDS_PER_CALL: usize = 256;
+const MAX_EVENTS_PER_CALL: usize = 5_000;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres/log");
 
@@ -37,6 +42,8 @@ pub struct PostgresConfig {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Writer tasks; each has at most one append call in flight.
+    pub append_writers: usize,
 }
 
 impl PostgresConfig {
@@ -45,6 +52,7 @@ impl PostgresConfig {
             url: url.into(),
             max_connections: 32,
             acquire_timeout: Duration::from_secs(10),
+            append_writers: 4,
         }
     }
 }
@@ -60,6 +68,17 @@ struct Inner {
     upcasters: Upcasters,
     /// Wakes the task that announces local commits to other processes.
     announce: tokio::sync::watch::Sender<u64>,
+    appends: tokio::sync::mpsc::Sender<PendingAppend>,
+}
+
+/// One append waiting for a writer.
+struct PendingAppend {
+    stream_id: String,
+    stream_type: String,
+    expected: ExpectedVersion,
+    tenant: String,
+    columns: AppendColumns,
+    reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
 impl PostgresEventStore {
@@ -74,23 +93,36 @@ impl PostgresEventStore {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
-        Self::from_pool(pool, upcasters).await
+        Self::from_pool(pool, upcasters, config.append_writers).await
     }
 
     /// Uses an existing pool (which must reach a database the log may own).
-    pub async fn from_pool(pool: PgPool, upcasters: Upcasters) -> Result<Self, StoreError> {
-        MIGRATOR.run(&pool).await?;
+    pub async fn from_pool(
+        pool: PgPool,
+        upcasters: Upcasters,
+        append_writers: usize,
+    ) -> Result<Self, StoreError> {
+        {
+            let mut conn = pool.acquire().await?;
+            MIGRATOR.run_direct(None, &mut *conn, false).await?;
+        }
         let head = safe_position(&pool).await?;
         let notifier = HeadNotifier::new(head);
         let (announce, announce_rx) = tokio::sync::watch::channel(head);
+        let (appends, pending) = tokio::sync::mpsc::channel(8_192);
         let store = Self {
             inner: Arc::new(Inner {
                 pool,
                 notifier,
                 upcasters,
                 announce,
+                appends,
             }),
         };
+        let pending = Arc::new(tokio::sync::Mutex::new(pending));
+        for _ in 0..append_writers.max(1) {
+            tokio::spawn(write_appends(Arc::downgrade(&store.inner), pending.clone()));
+        }
         tokio::spawn(announce_commits(store.inner.pool.clone(), announce_rx));
         tokio::spawn(listen_for_commits(
             store.inner.pool.clone(),
@@ -104,117 +136,185 @@ impl PostgresEventStore {
         &self.inner.pool
     }
 
-    async fn try_append(
+    /// Sends a group of appends in one call. A unique violation means another
+    /// transaction raced one of them; the group is then retried one append at a time,
+    /// which gives each its own precise answer.
+    async fn append_group(
         &self,
-        stream_id: &str,
-        stream_type: &str,
-        expected: ExpectedVersion,
-        tenant: &str,
-        columns: &AppendColumns,
-    ) -> Result<AppendOutcome, StoreError> {
-        let rows = sqlx::query(
-            "SELECT global_position, stream_version, already_stored \
-             FROM event_log_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(stream_id)
-        .bind(stream_type)
-        .bind(expected.code())
-        .bind(tenant)
-        .bind(&columns.ids)
-        .bind(&columns.types)
-        .bind(&columns.schema_versions)
-        .bind(&columns.payloads)
-        .bind(&columns.metadata)
-        .fetch_all(&self.inner.pool)
-        .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(error) => {
-                return self
-                    .recover_or_classify(error, stream_id, stream_type, expected, columns)
-                    .await;
+        group: &[&PendingAppend],
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        match self.call_append(group).await {
+            Ok(results) => results,
+            Err(error) if is_unique_violation(&error) => {
+                let mut results = Vec::with_capacity(group.len());
+                for append in group {
+                    results.push(self.append_alone(append).await);
+                }
+                results
             }
-        };
-        let already_stored = rows
-            .first()
-            .map(|r| r.try_get::<bool, _>(2))
-            .transpose()?
-            .unwrap_or(false);
-        let events = rows
-            .iter()
-            .map(|r| {
-                Ok(AppendedEvent {
-                    global_position: to_u64(r.try_get::<i64, _>(0)?),
-                    stream_version: to_u64(r.try_get::<i64, _>(1)?),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        if already_stored && events.len() != columns.ids.len() {
-            return Err(StoreError::IdempotencyMismatch {
-                event_id: columns.ids[0],
-            });
+            Err(error) => group.iter().map(|_| Err(shared_error(&error))).collect(),
         }
-        Ok(AppendOutcome {
-            events,
-            already_stored,
-        })
     }
 
-    /// Turns a failed append into the typed error it stands for, or into the original
-    /// outcome when a concurrent append of the very same events won the race.
-    async fn recover_or_classify(
+    async fn append_alone(&self, append: &PendingAppend) -> Result<AppendOutcome, StoreError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = match self.call_append(&[append]).await {
+                Ok(mut results) => results.pop().unwrap_or(Err(StoreError::Backend(
+                    "event_log_append returned no result".into(),
+                ))),
+                Err(error) if is_unique_violation(&error) => {
+                    self.recover_unique_violation(error, append).await
+                }
+                Err(error) => Err(error.into()),
+            };
+            match result {
+                // A concurrent append took the version this one computed; for `Any`
+                // that is not a conflict, just a reason to compute again.
+                Err(StoreError::Conflict { .. })
+                    if append.expected == ExpectedVersion::Any
+                        && attempts < ANY_VERSION_RETRIES => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_append(
+        &self,
+        group: &[&PendingAppend],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, sqlx::Error> {
+        let mut stream_ids = Vec::with_capacity(group.len());
+        let mut stream_types = Vec::with_capacity(group.len());
+        let mut expected = Vec::with_capacity(group.len());
+        let mut tenants = Vec::with_capacity(group.len());
+        let mut counts = Vec::with_capacity(group.len());
+        let total: usize = group.iter().map(|a| a.columns.ids.len()).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut types: Vec<&str> = Vec::with_capacity(total);
+        let mut schema_versions = Vec::with_capacity(total);
+        let mut payloads: Vec<&str> = Vec::with_capacity(total);
+        let mut metadata: Vec<&str> = Vec::with_capacity(total);
+        for append in group {
+            stream_ids.push(append.stream_id.as_str());
+            stream_types.push(append.stream_type.as_str());
+            expected.push(append.expected.code());
+            tenants.push(append.tenant.as_str());
+            counts.push(i32::try_from(append.columns.ids.len()).unwrap_or(i32::MAX));
+            ids.extend_from_slice(&append.columns.ids);
+            types.extend(append.columns.types.iter().map(String::as_str));
+            schema_versions.extend_from_slice(&append.columns.schema_versions);
+            payloads.extend(append.columns.payloads.iter().map(String::as_str));
+            metadata.extend(append.columns.metadata.iter().map(String::as_str));
+        }
+        let rows = sqlx::query(
+            "SELECT append_index, status, global_position, stream_version, detail \
+             FROM event_log_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&stream_ids)
+        .bind(&stream_types)
+        .bind(&expected)
+        .bind(&tenants)
+        .bind(&counts)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(&self.inner.pool)
+        .await?;
+
+        let mut outcomes: Vec<Result<AppendOutcome, StoreError>> = group
+            .iter()
+            .map(|_| {
+                Ok(AppendOutcome {
+                    events: Vec::new(),
+                    already_stored: false,
+                })
+            })
+            .collect();
+        for row in &rows {
+            let index = usize::try_from(row.try_get::<i32, _>(0)?).unwrap_or(0);
+            let Some(slot) = index.checked_sub(1).and_then(|i| outcomes.get_mut(i)) else {
+                continue;
+            };
+            let append = group[index - 1];
+            let status: &str = row.try_get(1)?;
+            let detail: Option<String> = row.try_get(4)?;
+            match status {
+                "ok" | "stored" => {
+                    if let Ok(outcome) = slot {
+                        outcome.already_stored = status == "stored";
+                        outcome.events.push(AppendedEvent {
+                            global_position: to_u64(row.try_get::<i64, _>(2)?),
+                            stream_version: to_u64(row.try_get::<i64, _>(3)?),
+                        });
+                    }
+                }
+                "conflict" => {
+                    *slot = Err(StoreError::Conflict {
+                        stream_id: append.stream_id.clone(),
+                        expected: append.expected,
+                        actual: detail.and_then(|d| d.parse().ok()).unwrap_or(0),
+                    });
+                }
+                "stream_type" => {
+                    *slot = Err(StoreError::StreamTypeMismatch {
+                        stream_id: append.stream_id.clone(),
+                        actual: detail.unwrap_or_default(),
+                        requested: append.stream_type.clone(),
+                    });
+                }
+                other => {
+                    *slot = Err(StoreError::Backend(format!(
+                        "unknown append status `{other}`"
+                    )));
+                }
+            }
+        }
+        for (slot, append) in outcomes.iter_mut().zip(group) {
+            if let Ok(outcome) = slot
+                && outcome.events.len() != append.columns.ids.len()
+            {
+                // Only part of the batch is stored: this is not a retry of one append.
+                *slot = Err(StoreError::IdempotencyMismatch {
+                    event_id: append.columns.ids[0],
+                });
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// A lone append hit a unique index: either the same events were appended
+    /// concurrently (answer as the idempotent retry it is) or the stream version was taken.
+    async fn recover_unique_violation(
         &self,
         error: sqlx::Error,
-        stream_id: &str,
-        stream_type: &str,
-        expected: ExpectedVersion,
-        columns: &AppendColumns,
+        append: &PendingAppend,
     ) -> Result<AppendOutcome, StoreError> {
-        let Some(db) = error.as_database_error() else {
-            return Err(error.into());
-        };
-        Err(match (db.code().as_deref(), db.constraint()) {
-            (Some("FF001"), _) => {
-                let actual = db
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .and_then(|e| e.detail())
-                    .and_then(|d| d.parse().ok())
-                    .unwrap_or(0);
-                StoreError::Conflict {
-                    stream_id: stream_id.to_owned(),
-                    expected,
-                    actual,
-                }
-            }
-            (Some("FF003"), _) => StoreError::StreamTypeMismatch {
-                stream_id: stream_id.to_owned(),
-                actual: db
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .and_then(|e| e.detail())
-                    .unwrap_or_default()
-                    .to_owned(),
-                requested: stream_type.to_owned(),
-            },
-            (Some("23505"), Some("event_log_stream_version_key")) => {
-                // A concurrent append took the version between our check and our insert.
-                let actual = self.stream_version(stream_id).await.unwrap_or(0);
-                StoreError::Conflict {
-                    stream_id: stream_id.to_owned(),
-                    expected,
-                    actual,
-                }
-            }
-            (Some("23505"), Some("event_log_event_id_key")) => {
-                // A concurrent append of the same events won: answer as the retry it is.
-                return match self.stored_positions(stream_id, &columns.ids).await? {
+        let constraint = error
+            .as_database_error()
+            .and_then(|d| d.constraint())
+            .map(str::to_owned);
+        match constraint.as_deref() {
+            Some("event_log_event_id_key") => {
+                match self
+                    .stored_positions(&append.stream_id, &append.columns.ids)
+                    .await?
+                {
                     Some(outcome) => Ok(outcome),
                     None => Err(StoreError::IdempotencyMismatch {
-                        event_id: columns.ids[0],
+                        event_id: append.columns.ids[0],
                     }),
-                };
+                }
             }
-            _ => error.into(),
-        })
+            Some("event_log_stream_version_key") => Err(StoreError::Conflict {
+                stream_id: append.stream_id.clone(),
+                expected: append.expected,
+                actual: self.stream_version(&append.stream_id).await.unwrap_or(0),
+            }),
+            _ => Err(error.into()),
+        }
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
@@ -273,7 +373,7 @@ impl PostgresEventStore {
             global_position: position,
             event_type: row.try_get("event_type")?,
             schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?).unwrap_or(1),
-            payload: row.try_get::<Value, _>("payload")?,
+            payload: row.try_get::<Box<serde_json::value::RawValue>, _>("payload")?,
             metadata: metadata.0,
             recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
         };
@@ -286,8 +386,10 @@ struct AppendColumns {
     ids: Vec<Uuid>,
     types: Vec<String>,
     schema_versions: Vec<i32>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+    /// JSON text.
+    payloads: Vec<String>,
+    /// JSON text.
+    metadata: Vec<String>,
 }
 
 impl AppendColumns {
@@ -305,9 +407,9 @@ impl AppendColumns {
             columns
                 .schema_versions
                 .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-            columns.payloads.push(event.payload);
+            columns.payloads.push(event.payload.to_string());
             columns.metadata.push(
-                serde_json::to_value(&event.metadata)
+                serde_json::to_string(&event.metadata)
                     .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?,
             );
         }
@@ -321,6 +423,80 @@ fn to_u64(v: i64) -> u64 {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.code().as_deref() == Some("23505"))
+}
+
+/// A copy of an error for every append of a failed group (sqlx errors are not `Clone`).
+fn shared_error(error: &sqlx::Error) -> StoreError {
+    let transient = matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    ) || error
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("08") || c == "57P01");
+    if transient {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Backend(error.to_string())
+    }
+}
+
+/// A writer: takes whatever appends are waiting (up to a limit), sends them as one
+/// call, answers each. Several writers keep several calls in flight.
+async fn write_appends(
+    store: std::sync::Weak<Inner>,
+    pending: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PendingAppend>>>,
+) {
+    loop {
+        let group = {
+            let mut pending = pending.lock().await;
+            let Some(first) = pending.recv().await else {
+                return;
+            };
+            let mut events = first.columns.ids.len();
+            let mut group = vec![first];
+            while group.len() < MAX_APPENDS_PER_CALL && events < MAX_EVENTS_PER_CALL {
+                match pending.try_recv() {
+                    Ok(next) => {
+                        events += next.columns.ids.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let Some(inner) = store.upgrade() else { return };
+        let store = PostgresEventStore { inner };
+        let refs: Vec<&PendingAppend> = group.iter().collect();
+        let results = store.append_group(&refs).await;
+        let last = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|o| !o.already_stored)
+            .map(AppendOutcome::last_position)
+            .max();
+        if let Some(last) = last {
+            store.inner.notifier.advance(last);
+            store.inner.announce.send_if_modified(|head| {
+                if last > *head {
+                    *head = last;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        for (append, result) in group.into_iter().zip(results) {
+            let _ = append.reply.send(result);
+        }
+    }
 }
 
 async fn safe_position(pool: &PgPool) -> Result<u64, StoreError> {
@@ -397,34 +573,21 @@ impl EventStore for PostgresEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let tenant = validate_batch(&events)?.to_owned();
         let columns = AppendColumns::from_events(events)?;
-        let mut attempts = 0;
-        let outcome = loop {
-            attempts += 1;
-            match self
-                .try_append(stream_id, stream_type, expected, &tenant, &columns)
-                .await
-            {
-                Err(StoreError::Conflict { .. })
-                    if expected == ExpectedVersion::Any && attempts < ANY_VERSION_RETRIES =>
-                {
-                    continue;
-                }
-                other => break other?,
-            }
-        };
-        if !outcome.already_stored {
-            let last = outcome.last_position();
-            self.inner.notifier.advance(last);
-            self.inner.announce.send_if_modified(|head| {
-                if last > *head {
-                    *head = last;
-                    true
-                } else {
-                    false
-                }
-            });
-        }
-        Ok(outcome)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .appends
+            .send(PendingAppend {
+                stream_id: stream_id.to_owned(),
+                stream_type: stream_type.to_owned(),
+                expected,
+                tenant,
+                columns,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        // The writer has already announced the commit.
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     async fn read_stream(
@@ -461,6 +624,18 @@ impl EventStore for PostgresEventStore {
             });
         }
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        // Read a window of positions, not "everything up to safe": positions are nearly
+        // contiguous, so a window of `limit` positions holds about `limit` events, and
+        // whatever plan PostgreSQL picks (with fresh statistics or stale ones, as after a
+        // bulk load) touches only that window. An open range let a stale-statistics plan
+        // bitmap-scan and sort every row up to the head for each page.
+        let filtered = filter.tenant_id.is_some() || filter.event_types.is_some();
+        let window = if filtered {
+            limit.saturating_mul(8)
+        } else {
+            limit
+        };
+        let upper = safe.min(after.saturating_add(to_u64(window)));
         let rows = sqlx::query(
             "SELECT global_position, event_id, stream_id, stream_type, stream_version, event_type, \
                     schema_version, payload, metadata, recorded_at \
@@ -471,7 +646,7 @@ impl EventStore for PostgresEventStore {
              ORDER BY global_position LIMIT $5",
         )
         .bind(to_i64(after))
-        .bind(to_i64(safe))
+        .bind(to_i64(upper))
         .bind(filter.tenant_id.as_deref())
         .bind(filter.event_types.as_deref())
         .bind(limit)
@@ -482,9 +657,9 @@ impl EventStore for PostgresEventStore {
             .map(|row| self.decode(row))
             .collect::<Result<Vec<_>, _>>()?;
         let scanned_to = if events.len() as i64 == limit {
-            events.last().map_or(safe, |e| e.global_position)
+            events.last().map_or(upper, |e| e.global_position)
         } else {
-            safe
+            upper
         };
         Ok(LogPage { events, scanned_to })
     }

@@ -157,7 +157,8 @@ impl SqliteEventStore {
             global_position: position,
             event_type: row.try_get("event_type")?,
             schema_version: u32::try_from(row.try_get::<i64, _>("schema_version")?).unwrap_or(1),
-            payload: serde_json::from_str(payload).map_err(|e| corrupt(e.to_string()))?,
+            payload: serde_json::value::RawValue::from_string(payload.to_owned())
+                .map_err(|e| corrupt(e.to_string()))?,
             metadata: serde_json::from_str(metadata).map_err(|e| corrupt(e.to_string()))?,
             recorded_at: DateTime::from_timestamp_micros(recorded_at)
                 .ok_or_else(|| corrupt(format!("recorded_at {recorded_at} out of range")))?,

@@ -1,0 +1,4 @@
+//! Benchmark commands (`flowforge bench …`). Figures belong in benchmarks, not in
+//! timed tests; each prints `bench=… backend=… metric=… value=… unit=…` lines.
+
+pub mod store;

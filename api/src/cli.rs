@@ -1,0 +1,293 @@
+//! The `flowforge` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use flowforge_store::sqlite::Durability;
+
+use crate::config::{Config, Mode, Storage};
+use crate::platform::Platform;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowforge",
+    version,
+    about = "FlowForge: durable workflows and AI-agent orchestration on one event log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run FlowForge for local development: embedded SQLite, no other software.
+    Dev(DevArgs),
+    /// Run FlowForge in production (PostgreSQL; settings from FLOWFORGE_* variables).
+    Serve(ServeArgs),
+    /// Create or upgrade the databases, then exit.
+    Migrate(StorageArgs),
+    /// Inspect and rebuild read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Measure FlowForge on this machine.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct StorageArgs {
+    /// postgres://… for PostgreSQL, or sqlite://DIR for the embedded store in DIR.
+    /// Without it, the embedded store in --data-dir.
+    #[arg(long, env = "FLOWFORGE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Folder of the embedded SQLite store.
+    #[arg(long, env = "FLOWFORGE_DATA_DIR", default_value = ".flowforge")]
+    data_dir: PathBuf,
+    /// SQLite durability: `full` fsyncs every commit; `normal` survives a process crash only.
+    #[arg(long, env = "FLOWFORGE_SQLITE_DURABILITY", default_value = "full")]
+    sqlite_durability: Durability,
+    /// Size of the PostgreSQL connection pool of the event log.
+    #[arg(long, env = "FLOWFORGE_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    db_max_connections: u32,
+}
+
+impl StorageArgs {
+    fn storage(&self) -> anyhow::Result<Storage> {
+        match &self.database_url {
+            Some(url) => Storage::from_url(url, self.db_max_connections, self.sqlite_durability)
+                .map_err(anyhow::Error::msg),
+            None => Ok(Storage::Sqlite {
+                data_dir: self.data_dir.clone(),
+                durability: self.sqlite_durability,
+            }),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Address to listen on. Loopback by default: dev mode is for one developer.
+    #[arg(long, env = "FLOWFORGE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (8288 is where Inngest's SDKs look for a dev server; 0 picks one).
+    #[arg(short, long, env = "FLOWFORGE_PORT", default_value_t = 8288)]
+    port: u16,
+    /// Folder of the embedded SQLite store.
+    #[arg(long, env = "FLOWFORGE_DATA_DIR", default_value = ".flowforge")]
+    data_dir: PathBuf,
+    #[arg(long, env = "FLOWFORGE_SQLITE_DURABILITY", default_value = "full")]
+    sqlite_durability: Durability,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[arg(long, env = "FLOWFORGE_HOST", default_value = "0.0.0.0")]
+    host: String,
+    #[arg(short, long, env = "FLOWFORGE_PORT", default_value_t = 8288)]
+    port: u16,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// NATS server for work distribution across processes.
+    #[arg(long, env = "FLOWFORGE_NATS_URL")]
+    nats_url: Option<String>,
+    /// /ready answers 503 while a read model is more than this many log positions behind.
+    #[arg(long, env = "FLOWFORGE_READY_MAX_LAG", default_value_t = 10_000)]
+    ready_max_lag: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectionsCommand {
+    /// Each projection's checkpoint, the log head, and the lag between them.
+    Status {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a read model from the start of the log into fresh tables, then swap it
+    /// in; the running server keeps answering from the old one meanwhile.
+    Rebuild {
+        /// A projection name (see `status`), or `all`.
+        name: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Event-log and projection throughput and latency, per backend.
+    Store(crate::bench::store::StoreBenchArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => {
+            let config = Config {
+                mode: Mode::Dev,
+                host: args.host,
+                port: args.port,
+                storage: Storage::Sqlite {
+                    data_dir: args.data_dir,
+                    durability: args.sqlite_durability,
+                },
+                nats_url: None,
+                ready_max_lag: 10_000,
+            };
+            run_server(config).await
+        }
+        Command::Serve(args) => {
+            let Some(_) = &args.storage.database_url else {
+                anyhow::bail!(
+                    "flowforge serve needs a database: set FLOWFORGE_DATABASE_URL \
+                     (postgres://… in production, or sqlite://DIR) or pass --database-url"
+                );
+            };
+            let config = Config {
+                mode: Mode::Serve,
+                host: args.host,
+                port: args.port,
+                storage: args.storage.storage()?,
+                nats_url: args.nats_url,
+                ready_max_lag: args.ready_max_lag,
+            };
+            run_server(config).await
+        }
+        Command::Migrate(storage) => {
+            let config = tool_config(&storage)?;
+            let described = config.storage.describe();
+            let _platform = Platform::open(config).await?;
+            println!("migrations applied ({described})");
+            Ok(())
+        }
+        Command::Projections { command } => projections(command).await,
+        Command::Bench { command } => match command {
+            BenchCommand::Store(args) => crate::bench::store::run(args).await,
+        },
+    }
+}
+
+fn tool_config(storage: &StorageArgs) -> anyhow::Result<Config> {
+    let mut config = Config::dev(storage.data_dir.clone());
+    config.mode = Mode::Serve;
+    config.storage = storage.storage()?;
+    Ok(config)
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let described = config.storage.describe();
+    let mode = config.mode;
+    let (listener, addr) = crate::http::bind(&config.host, config.port)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let platform = Platform::start(config).await?;
+    let mode = match mode {
+        Mode::Dev => "dev",
+        Mode::Serve => "serve",
+    };
+    // Tests and scripts read this line to find the port.
+    println!("FlowForge {mode} listening on http://{addr} ({described})");
+    tracing::info!(%addr, storage = %described, mode, "listening");
+    crate::http::serve(platform, listener, crate::http::shutdown_signal()).await
+}
+
+async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
+    match command {
+        ProjectionsCommand::Status { storage, json } => {
+            let platform = Platform::open(tool_config(&storage)?).await?;
+            let status = flowforge_projections::status(
+                &platform.read_db,
+                &*platform.store,
+                &platform.projections,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>4} {:>12} {:>12} {:>10} {:>14}  {:<24} REBUILDING",
+                "PROJECTION", "GEN", "CHECKPOINT", "HEAD", "LAG", "APPLIED", "UPDATED"
+            );
+            for s in status {
+                let updated = s
+                    .updated_at_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|| "never".into());
+                let rebuilding = s
+                    .rebuilding
+                    .map(|(g, p)| format!("gen {g} at {p}"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<16} {:>4} {:>12} {:>12} {:>10} {:>14}  {:<24} {}",
+                    s.name,
+                    s.generation.map_or("-".into(), |g| g.to_string()),
+                    s.checkpoint.map_or("-".into(), |c| c.to_string()),
+                    s.head,
+                    s.lag,
+                    s.events_applied,
+                    updated,
+                    rebuilding
+                );
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Rebuild { name, storage } => {
+            let platform = Platform::open(tool_config(&storage)?).await?;
+            let targets = if name == "all" {
+                platform.projections.clone()
+            } else {
+                vec![platform.projection(&name).ok_or_else(|| {
+                    let known: Vec<_> = platform.projections.iter().map(|p| p.name()).collect();
+                    anyhow::anyhow!("unknown projection `{name}`; known: {}", known.join(", "))
+                })?]
+            };
+            for projection in targets {
+                let report =
+                    flowforge_projections::rebuild(&platform.read_db, &platform.store, &projection)
+                        .await?;
+                println!(
+                    "rebuilt {} as generation {}: {} events up to position {} in {:.2} s ({:.0} events/s)",
+                    report.projection,
+                    report.generation,
+                    report.events,
+                    report.position,
+                    report.elapsed.as_secs_f64(),
+                    report.events_per_second()
+                );
+            }
+            Ok(())
+        }
+    }
+}

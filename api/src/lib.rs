@@ -1,0 +1,16 @@
+//! The FlowForge server: configuration, process wiring and the HTTP API.
+//!
+//! `platform` assembles the event log, the read models and the background workers
+//! for one process; `http` exposes them; `cli` is the `flowforge` command line;
+//! `bench` holds the benchmark commands.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod platform;
+pub mod telemetry;
+
+pub use config::Config;
+pub use platform::Platform;

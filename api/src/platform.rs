@@ -1,0 +1,113 @@
+//! One FlowForge process's parts: the event log, the read models and the background
+//! workers that keep the read models up to date.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use flowforge_projections::{Projection, ProjectionRunner, ReadDb, all_projections};
+use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
+use flowforge_store::sqlite::{Durability, SqliteConfig, SqliteEventStore};
+use flowforge_store::{EventStore, Upcasters};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Storage};
+
+pub struct Platform {
+    pub config: Config,
+    pub store: Arc<dyn EventStore>,
+    pub read_db: ReadDb,
+    pub projections: Vec<Arc<dyn Projection>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// The upcasters every process applies when reading the log.
+pub fn upcasters() -> Upcasters {
+    Upcasters::new()
+}
+
+impl Platform {
+    /// Connects to (or creates) the log and the read-model database and runs their
+    /// migrations. Starts nothing in the background.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let (store, read_db): (Arc<dyn EventStore>, ReadDb) = match &config.storage {
+            Storage::Postgres {
+                url,
+                max_connections,
+            } => {
+                let mut pg = PostgresConfig::new(url.clone());
+                pg.max_connections = *max_connections;
+                let store = PostgresEventStore::connect(&pg, upcasters())
+                    .await
+                    .with_context(|| {
+                        format!("opening the event log on {}", config.storage.describe())
+                    })?;
+                let read_db = ReadDb::connect_postgres(url, (*max_connections / 2).max(4))
+                    .await
+                    .context("opening the read-model database")?;
+                (Arc::new(store), read_db)
+            }
+            Storage::Sqlite {
+                data_dir,
+                durability,
+            } => {
+                let mut sqlite = SqliteConfig::new(data_dir.join("events.db"));
+                sqlite.durability = *durability;
+                let store = SqliteEventStore::open(&sqlite, upcasters())
+                    .await
+                    .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
+                let read_db =
+                    ReadDb::open_sqlite(&data_dir.join("read.db"), *durability == Durability::Full)
+                        .await
+                        .context("opening the read-model database")?;
+                (Arc::new(store), read_db)
+            }
+        };
+        Ok(Self {
+            config,
+            store,
+            read_db,
+            projections: all_projections(),
+            workers: Vec::new(),
+        })
+    }
+
+    /// Opens the platform and starts every projection runner.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let mut platform = Self::open(config).await?;
+        for projection in platform.projections.clone() {
+            let runner = ProjectionRunner::new(
+                platform.read_db.clone(),
+                platform.store.clone(),
+                projection.clone(),
+            );
+            // Create (or rebuild, after a schema change) before serving, so that the
+            // API's views exist from the first request.
+            runner
+                .initialise()
+                .await
+                .with_context(|| format!("initialising projection {}", projection.name()))?;
+            platform
+                .workers
+                .push(tokio::spawn(async move { runner.run().await }));
+        }
+        Ok(platform)
+    }
+
+    pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.projections.iter().find(|p| p.name() == name).cloned()
+    }
+
+    /// Stops the background workers. In-flight projection batches roll back; their
+    /// checkpoints make the next process resume exactly where this one stopped.
+    pub fn stop(&mut self) {
+        for worker in self.workers.drain(..) {
+            worker.abort();
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
