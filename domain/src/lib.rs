@@ -6,9 +6,13 @@
 //! arrive inside commands. Storage, transport and HTTP live in outer crates that
 //! depend on this one, never the other way round.
 
+pub mod app;
 pub mod decider;
+pub mod duration;
+pub mod event;
 pub mod metadata;
 pub mod run;
+pub mod trigger;
 
 pub use decider::{Decider, DomainEvent, EventDecodeError};
 pub use metadata::{Actor, ActorKind, EventMetadata, TenantId};

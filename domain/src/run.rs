@@ -401,6 +401,9 @@ pub struct RunState {
     pub call_attempts: u32,
     /// Source of call tokens; only ever increases.
     pub last_token: u64,
+    /// Steps ran in parallel at some point: from then on the app must plan every new
+    /// step instead of running it inline (the protocol's `disable_immediate_execution`).
+    pub parallel: bool,
     pub output: Option<Value>,
     pub error: Option<StepError>,
 }
@@ -426,6 +429,7 @@ impl Default for RunState {
             due: BTreeMap::new(),
             call_attempts: 0,
             last_token: 0,
+            parallel: false,
             output: None,
             error: None,
         }
@@ -675,6 +679,7 @@ impl Decider for Run {
                 state.make_due(e.retry_target.clone(), e.attempt, Some(e.retry_at));
             }
             RunEvent::StepsPlanned { steps } => {
+                state.parallel = true;
                 for step in steps {
                     let attempt = state.step_attempts.get(&step.step_id).copied().unwrap_or(0);
                     state.make_due(CallTarget::Step(step.step_id.clone()), attempt, None);

@@ -807,7 +807,8 @@ impl Backend {
                     !abort
                 }
                 // One writer: a slow append delays everyone, and a refused one writes nothing.
-                Backend::Sqlite(_) => {
+                // EventStoreDB orders commits itself; the same stand-in applies.
+                _ => {
                     tokio::time::sleep(delay).await;
                     !abort && {
                         // Committed through a second handle of the store, as another client would.

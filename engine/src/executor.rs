@@ -1,0 +1,230 @@
+//! Executors: take a job, call the app, record what it answered.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use flowforge_commands::{CommandError, Loaded};
+use flowforge_domain::run::{CallOutcome, Run, RunCommand, RunError, StepError};
+use flowforge_domain::{Actor, EventMetadata, TenantId};
+use uuid::Uuid;
+
+use crate::EngineContext;
+use crate::protocol::{self, CallResponse};
+use crate::queue::Job;
+
+/// Largest answer accepted from an app.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+pub async fn work(context: Arc<EngineContext>, worker: usize) {
+    loop {
+        let delivery = match context.queue.dequeue().await {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::error!(worker, %error, "work queue failed; executor stopping");
+                return;
+            }
+        };
+        let job = delivery.job.clone();
+        let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
+        let _guard = span.enter();
+        execute(&context, &job).await;
+        delivery.ack().await;
+    }
+}
+
+/// Makes the call a job names, if the run still wants it, and records the outcome.
+pub async fn execute(context: &EngineContext, job: &Job) {
+    let stream = flowforge_domain::run::stream_id(job.run_id);
+    let loaded = match context.cache.get(job.run_id) {
+        Some(loaded) => loaded,
+        None => match context.commands.load::<Run>(&stream).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(run_id = %job.run_id, %error, "cannot load the run; the job will be derived again");
+                return;
+            }
+        },
+    };
+    let Some(due) = loaded
+        .state
+        .due
+        .get(&job.target)
+        .filter(|d| d.token == job.token)
+        .cloned()
+    else {
+        return; // stale: the run moved on
+    };
+    if due.not_before.is_some_and(|t| t > Utc::now()) {
+        return; // early: its timer queues it again when it is due
+    }
+    let Some(function_ref) = loaded.state.function.clone() else {
+        return;
+    };
+    let function =
+        context
+            .registry
+            .version(&job.tenant, &function_ref.function_id, function_ref.version);
+
+    let started_at = Utc::now();
+    let outcome = match function {
+        None => CallOutcome::Failed {
+            error: StepError::new(
+                "FunctionNotFound",
+                format!(
+                    "function `{}` is no longer registered by any app",
+                    function_ref.function_id
+                ),
+            ),
+            retriable: false,
+            retry_after: None,
+        },
+        Some(function) => call_app(context, &loaded, &function.spec.url, job, due.attempt).await,
+    };
+    let finished_at = Utc::now();
+    record(context, job, loaded, outcome, started_at, finished_at).await;
+}
+
+async fn call_app(
+    context: &EngineContext,
+    loaded: &Loaded<flowforge_domain::run::RunState>,
+    url: &str,
+    job: &Job,
+    attempt: u32,
+) -> CallOutcome {
+    let body = protocol::call_body(&loaded.state, &job.target, attempt);
+    let bytes = match &context.config.signing_key {
+        Some(_) => protocol::canonical_bytes(&body),
+        None => body.to_string().into_bytes(),
+    };
+    let mut request = context
+        .http
+        .post(protocol::call_url(url, &job.target))
+        .timeout(context.config.call_timeout)
+        .header("content-type", "application/json")
+        .header("x-inngest-server-kind", context.config.server_kind)
+        .header("x-inngest-req-version", "2")
+        .header(
+            "user-agent",
+            concat!("flowforge/", env!("CARGO_PKG_VERSION")),
+        );
+    if let Some(key) = &context.config.signing_key {
+        request = request.header(
+            "x-inngest-signature",
+            protocol::sign(key, &bytes, Utc::now().timestamp()),
+        );
+    }
+    let started = Instant::now();
+    let response = request.body(bytes).send().await;
+    let outcome = match response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let no_retry =
+                header("x-inngest-no-retry").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let retry_after = header("retry-after");
+            match read_limited(response).await {
+                Ok(body) => protocol::parse_response(
+                    &CallResponse {
+                        status,
+                        no_retry,
+                        retry_after: retry_after.as_deref(),
+                        body: &body,
+                    },
+                    Utc::now(),
+                    Uuid::now_v7,
+                ),
+                Err(message) => CallOutcome::Failed {
+                    error: StepError::new("ResponseError", message),
+                    retriable: true,
+                    retry_after: None,
+                },
+            }
+        }
+        Err(error) => CallOutcome::Failed {
+            error: StepError::new(
+                if error.is_timeout() {
+                    "TimeoutError"
+                } else {
+                    "NetworkError"
+                },
+                format!("calling the app failed: {error}"),
+            ),
+            retriable: true,
+            retry_after: None,
+        },
+    };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "app answered"
+    );
+    outcome
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "the app's answer is larger than {MAX_RESPONSE_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn record(
+    context: &EngineContext,
+    job: &Job,
+    loaded: Loaded<flowforge_domain::run::RunState>,
+    outcome: CallOutcome,
+    started_at: chrono::DateTime<Utc>,
+    finished_at: chrono::DateTime<Utc>,
+) {
+    let stream = flowforge_domain::run::stream_id(job.run_id);
+    let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"));
+    let mut backoff = std::time::Duration::from_millis(50);
+    let mut known = Some(loaded);
+    loop {
+        let result = context
+            .commands
+            .handle_from::<Run>(&stream, &meta, known.take(), || RunCommand::RecordCall {
+                target: job.target.clone(),
+                token: job.token,
+                outcome: outcome.clone(),
+                started_at,
+                finished_at,
+            })
+            .await;
+        match result {
+            Ok(handled) => {
+                context
+                    .cache
+                    .put(job.run_id, handled.state, handled.stream_version);
+                return;
+            }
+            Err(CommandError::Domain(RunError::StaleCall { .. } | RunError::Finished(_))) => return,
+            Err(CommandError::Store(e)) if e.is_transient() => {
+                // The app has answered; keep trying to record it rather than calling again.
+                tracing::warn!(run_id = %job.run_id, error = %e, "cannot record a call yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::error!(run_id = %job.run_id, %error, "cannot record a call");
+                return;
+            }
+        }
+    }
+}

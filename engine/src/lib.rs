@@ -1,0 +1,183 @@
+//! FlowForge's durable execution engine.
+//!
+//! ```text
+//!  event.received ─▶ Scheduler (reactor over the log) ─▶ run.created (one run per matching function)
+//!  run.* events   ─▶ Scheduler ─▶ jobs (WorkQueue) and timers ─▶ Executor ─▶ call the app ─▶ run.* events
+//! ```
+//!
+//! Every piece of work is derived from the committed log by the [`scheduler`]; the
+//! [`queue`] and the [`timers`] only deliver it. A restarted process re-derives all
+//! outstanding work from the log, and the Run decider refuses stale work, so a crash
+//! anywhere loses nothing and repeats nothing that was recorded.
+
+pub mod cron;
+pub mod executor;
+pub mod expr;
+pub mod ids;
+pub mod ingest;
+pub mod live;
+pub mod protocol;
+pub mod queue;
+pub mod registry;
+pub mod scheduler;
+pub mod timers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowforge_commands::{CommandHandler, Loaded};
+use flowforge_domain::run::{BackoffPolicy, RunState};
+use flowforge_projections::ReadDb;
+use flowforge_store::EventStore;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use ingest::{IngestError, NewIncomingEvent};
+pub use queue::{InProcessQueue, Job, WorkQueue};
+pub use registry::Registry;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Calls to apps in flight at once.
+    pub executor_concurrency: usize,
+    /// How long one call to an app may take.
+    pub call_timeout: Duration,
+    /// Attempts when a function does not say (retries + 1).
+    pub default_max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    /// Signs every call to apps when set (`X-Inngest-Signature`).
+    pub signing_key: Option<String>,
+    /// `dev` or `cloud`, sent to apps as `X-Inngest-Server-Kind`.
+    pub server_kind: &'static str,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            executor_concurrency: 64,
+            call_timeout: Duration::from_secs(300),
+            default_max_attempts: 4,
+            backoff: BackoffPolicy::default(),
+            signing_key: None,
+            server_kind: "dev",
+        }
+    }
+}
+
+/// The latest known state of active runs, shared by the scheduler (which folds every
+/// run event) and the executors (which decide against it). A stale entry costs one
+/// append conflict and a reload; it never causes a wrong decision.
+#[derive(Default)]
+pub struct RunCache {
+    runs: Mutex<HashMap<Uuid, Loaded<RunState>>>,
+}
+
+impl RunCache {
+    pub fn get(&self, run_id: Uuid) -> Option<Loaded<RunState>> {
+        self.runs.lock().ok()?.get(&run_id).cloned()
+    }
+
+    /// Keeps the newer of the cached and the given state.
+    pub fn put(&self, run_id: Uuid, state: RunState, version: u64) {
+        if let Ok(mut runs) = self.runs.lock() {
+            match runs.get(&run_id) {
+                Some(cached) if cached.version >= version => {}
+                _ => {
+                    runs.insert(run_id, Loaded { state, version });
+                }
+            }
+        }
+    }
+
+    pub fn remove(&self, run_id: Uuid) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.remove(&run_id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What every part of the engine shares.
+pub struct EngineContext {
+    pub store: Arc<dyn EventStore>,
+    pub read_db: ReadDb,
+    pub commands: CommandHandler,
+    pub registry: Registry,
+    pub cache: RunCache,
+    pub queue: Arc<dyn WorkQueue>,
+    pub http: reqwest::Client,
+    pub expressions: expr::Expressions,
+    pub live: live::LiveFeed,
+    pub config: EngineConfig,
+}
+
+pub struct Engine {
+    pub context: Arc<EngineContext>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Builds the engine and starts its scheduler and executors.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        read_db: ReadDb,
+        queue: Arc<dyn WorkQueue>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(config.executor_concurrency.max(8))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| EngineError::Http(e.to_string()))?;
+        let live = live::LiveFeed::start(store.clone()).await?;
+        let context = Arc::new(EngineContext {
+            commands: CommandHandler::new(store.clone()),
+            store,
+            read_db,
+            registry: Registry::new(),
+            cache: RunCache::default(),
+            queue,
+            http,
+            expressions: expr::Expressions::new(),
+            live,
+            config,
+        });
+        let mut tasks = Vec::new();
+        let scheduler = scheduler::Scheduler::prepare(context.clone()).await?;
+        tasks.push(tokio::spawn(scheduler.run()));
+        for worker in 0..context.config.executor_concurrency.max(1) {
+            tasks.push(tokio::spawn(executor::work(context.clone(), worker)));
+        }
+        Ok(Self { context, tasks })
+    }
+
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error(transparent)]
+    Store(#[from] flowforge_store::StoreError),
+    #[error(transparent)]
+    Projection(#[from] flowforge_projections::ProjectionError),
+}

@@ -1,0 +1,253 @@
+//! The functions apps have registered, by tenant, at every version, folded from
+//! `app.synced` events. Runs look up the version they were pinned to.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use flowforge_domain::app::{AppEvent, AppSynced, FunctionVersion, Trigger};
+use flowforge_domain::trigger::name_matches;
+use flowforge_store::{EventStore, LogFilter, StoreError, StoredEvent};
+
+#[derive(Debug, Clone)]
+pub struct AppInfo {
+    pub tenant: String,
+    pub app_id: String,
+    pub url: String,
+    pub sdk: Option<String>,
+    pub framework: Option<String>,
+    pub last_synced_at: DateTime<Utc>,
+    pub functions: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    apps: HashMap<(String, String), AppInfo>,
+    current: HashMap<(String, String), FunctionVersion>,
+    versions: HashMap<(String, String, u32), FunctionVersion>,
+    /// The app serving each current function.
+    owner: HashMap<(String, String), String>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    state: RwLock<State>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds every `app.synced` event in the log.
+    pub async fn load(&self, store: &dyn EventStore) -> Result<u64, StoreError> {
+        let filter = LogFilter::all().event_types(AppEvent::TYPES.iter().copied());
+        let mut after = 0;
+        loop {
+            let page = store.read_all(after, 1_000, &filter).await?;
+            if page.scanned_to <= after {
+                return Ok(after);
+            }
+            for event in &page.events {
+                self.apply(event);
+            }
+            after = page.scanned_to;
+        }
+    }
+
+    /// Applies one log event (anything but `app.synced` is ignored).
+    pub fn apply(&self, event: &StoredEvent) {
+        if event.stream_type != flowforge_domain::app::STREAM_TYPE {
+            return;
+        }
+        match event.decode::<AppEvent>() {
+            Ok(AppEvent::Synced(synced)) => self.synced(event.tenant_id(), &synced),
+            Err(error) => {
+                tracing::error!(%error, position = event.global_position, "unreadable app event")
+            }
+        }
+    }
+
+    fn synced(&self, tenant: &str, synced: &AppSynced) {
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        let key = (tenant.to_owned(), synced.app_id.clone());
+        let previous: Vec<String> = state
+            .apps
+            .get(&key)
+            .map(|a| a.functions.clone())
+            .unwrap_or_default();
+        for removed in previous.iter().chain(&synced.removed) {
+            let k = (tenant.to_owned(), removed.clone());
+            if state.owner.get(&k) == Some(&synced.app_id) {
+                state.current.remove(&k);
+                state.owner.remove(&k);
+            }
+        }
+        for f in &synced.functions {
+            let k = (tenant.to_owned(), f.spec.id.clone());
+            state.current.insert(k.clone(), f.clone());
+            state.owner.insert(k, synced.app_id.clone());
+            state
+                .versions
+                .insert((tenant.to_owned(), f.spec.id.clone(), f.version), f.clone());
+        }
+        state.apps.insert(
+            key,
+            AppInfo {
+                tenant: tenant.to_owned(),
+                app_id: synced.app_id.clone(),
+                url: synced.url.clone(),
+                sdk: synced.sdk.clone(),
+                framework: synced.framework.clone(),
+                last_synced_at: synced.at,
+                functions: synced.functions.iter().map(|f| f.spec.id.clone()).collect(),
+            },
+        );
+    }
+
+    pub fn current(&self, tenant: &str, function_id: &str) -> Option<FunctionVersion> {
+        self.state
+            .read()
+            .ok()?
+            .current
+            .get(&(tenant.to_owned(), function_id.to_owned()))
+            .cloned()
+    }
+
+    /// The app a current function belongs to.
+    pub fn app_of(&self, tenant: &str, function_id: &str) -> Option<String> {
+        self.state
+            .read()
+            .ok()?
+            .owner
+            .get(&(tenant.to_owned(), function_id.to_owned()))
+            .cloned()
+    }
+
+    /// A function at a version; falls back to the current version if that one is unknown.
+    pub fn version(
+        &self,
+        tenant: &str,
+        function_id: &str,
+        version: u32,
+    ) -> Option<FunctionVersion> {
+        let state = self.state.read().ok()?;
+        state
+            .versions
+            .get(&(tenant.to_owned(), function_id.to_owned(), version))
+            .or_else(|| {
+                state
+                    .current
+                    .get(&(tenant.to_owned(), function_id.to_owned()))
+            })
+            .cloned()
+    }
+
+    /// Current functions with an event trigger whose name pattern matches `event_name`,
+    /// with the trigger's expression (if any).
+    pub fn triggered_by(
+        &self,
+        tenant: &str,
+        event_name: &str,
+    ) -> Vec<(FunctionVersion, Option<String>)> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let mut matched = Vec::new();
+        for ((t, _), f) in &state.current {
+            if t != tenant {
+                continue;
+            }
+            for trigger in &f.spec.triggers {
+                if let Trigger::Event { event, expression } = trigger
+                    && name_matches(event, event_name)
+                {
+                    matched.push((f.clone(), expression.clone()));
+                }
+            }
+        }
+        matched.sort_by(|a, b| a.0.spec.id.cmp(&b.0.spec.id));
+        matched
+    }
+
+    /// Every current function with cron triggers: (tenant, function, schedules).
+    pub fn cron_functions(&self) -> Vec<(String, FunctionVersion, Vec<String>)> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .current
+            .iter()
+            .filter_map(|((tenant, _), f)| {
+                let crons: Vec<String> = f
+                    .spec
+                    .triggers
+                    .iter()
+                    .filter_map(|t| match t {
+                        Trigger::Cron { cron } => Some(cron.clone()),
+                        Trigger::Event { .. } => None,
+                    })
+                    .collect();
+                (!crons.is_empty()).then(|| (tenant.clone(), f.clone(), crons))
+            })
+            .collect()
+    }
+
+    /// Current functions with a cancel rule for `event_name`.
+    pub fn cancelled_by(&self, tenant: &str, event_name: &str) -> Vec<FunctionVersion> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        state
+            .current
+            .iter()
+            .filter(|((t, _), f)| {
+                t == tenant
+                    && f.spec
+                        .cancel
+                        .iter()
+                        .any(|c| name_matches(&c.event, event_name))
+            })
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    pub fn apps(&self, tenant: &str) -> Vec<AppInfo> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let mut apps: Vec<AppInfo> = state
+            .apps
+            .values()
+            .filter(|a| a.tenant == tenant)
+            .cloned()
+            .collect();
+        apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        apps
+    }
+
+    pub fn functions(&self, tenant: &str) -> Vec<(String, FunctionVersion)> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let mut functions: Vec<(String, FunctionVersion)> = state
+            .current
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((t, id), f)| {
+                (
+                    state
+                        .owner
+                        .get(&(t.clone(), id.clone()))
+                        .cloned()
+                        .unwrap_or_default(),
+                    f.clone(),
+                )
+            })
+            .collect();
+        functions.sort_by(|a, b| a.1.spec.id.cmp(&b.1.spec.id));
+        functions
+    }
+}

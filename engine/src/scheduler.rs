@@ -1,0 +1,1128 @@
+//! The scheduler: the reactor that turns the log into work.
+//!
+//! It follows the whole log and keeps the state of every active run (folded from its
+//! events). From that state it derives everything that must happen next:
+//! - calls that are due → jobs on the [`WorkQueue`](crate::queue::WorkQueue) (or timers
+//!   when they are due later: retries with backoff);
+//! - sleeps, waits and invokes → timers for their end;
+//! - waits → an index by event name, so an arriving event resumes the runs waiting for it;
+//! - invokes → child runs; a finished child resumes its parent;
+//! - finished runs → `function.finished` / `function.failed` events.
+//!
+//! From `event.received` it creates one run per matching function (and per cron fire),
+//! and applies cancel rules.
+//!
+//! Side effects are appends with deterministic stream ids, so repeating one is a
+//! no-op. The scheduler's checkpoint (`reactor_checkpoints`, name `scheduler`) only
+//! passes an event once every effect it started has been committed; on start-up the
+//! scheduler rebuilds the state of every active run from its stream and re-reads the
+//! log from its checkpoint, so work interrupted by a crash is derived again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flowforge_commands::CommandError;
+use flowforge_domain::app::FunctionVersion;
+use flowforge_domain::event::{EventReceived, EventSource, IncomingEvent};
+use flowforge_domain::run::{
+    CallTarget, CreateRun, FunctionRef, ParentLink, Run, RunCommand, RunError, RunEvent, RunState,
+    RunStatus, StepError, Waiting,
+};
+use flowforge_domain::{Actor, Decider, EventMetadata, TenantId};
+use flowforge_projections::{ProjectionError, ProjectionRunner};
+use flowforge_store::{LogFilter, StoredEvent, subscribe};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::queue::Job;
+use crate::timers::Timers;
+use crate::{EngineContext, EngineError, ids, ingest};
+
+pub const NAME: &str = "scheduler";
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// What a timer does when it fires.
+#[derive(Debug)]
+enum Timer {
+    Enqueue(Job),
+    SleepDone {
+        run_id: Uuid,
+        step_id: String,
+    },
+    WaitExpired {
+        run_id: Uuid,
+        step_id: String,
+    },
+    InvokeExpired {
+        run_id: Uuid,
+        step_id: String,
+    },
+    Cron {
+        tenant: String,
+        function_id: String,
+        version: u32,
+        schedule: String,
+        at: DateTime<Utc>,
+    },
+}
+
+struct Tracked {
+    tenant: String,
+    state: RunState,
+    version: u64,
+    /// Position of the run's first event: events before it cannot cancel it.
+    created_position: u64,
+    /// Position at which each wait started: only later events can match it.
+    wait_positions: HashMap<String, u64>,
+    /// Calls already handed to the queue or to a timer.
+    dispatched: HashSet<(CallTarget, u64)>,
+    /// Waiting steps whose end already has a timer.
+    timed: HashSet<String>,
+}
+
+pub struct Scheduler {
+    context: Arc<EngineContext>,
+    runs: HashMap<Uuid, Tracked>,
+    /// Event name → waiting (run, step).
+    waits: HashMap<String, HashSet<(Uuid, String)>>,
+    /// (tenant, function) → active runs, for cancel rules.
+    by_function: HashMap<(String, String), HashSet<Uuid>>,
+    /// Cron timers set: (tenant, function, version, schedule).
+    crons: HashSet<(String, String, u32, String)>,
+    timers: Timers<Timer>,
+    fired: mpsc::UnboundedReceiver<Timer>,
+    /// Effects in flight per log position; the checkpoint stays below the lowest.
+    in_flight: BTreeMap<u64, usize>,
+    done_tx: mpsc::UnboundedSender<u64>,
+    done_rx: mpsc::UnboundedReceiver<u64>,
+    processed: u64,
+    saved_checkpoint: u64,
+    start_position: u64,
+}
+
+fn metadata(tenant: &str) -> EventMetadata {
+    EventMetadata::new(TenantId::new(tenant), Actor::system(NAME))
+}
+
+fn run_id_of(stream_id: &str) -> Option<Uuid> {
+    stream_id
+        .strip_prefix("run-")
+        .and_then(|id| id.parse().ok())
+}
+
+impl Scheduler {
+    /// Loads the registry, the checkpoint and every active run; sets their timers and
+    /// queues their due calls.
+    pub async fn prepare(context: Arc<EngineContext>) -> Result<Self, EngineError> {
+        context.registry.load(&*context.store).await?;
+        let checkpoint = load_checkpoint(&context).await?;
+        let head = context.store.head_position().await?;
+        // The runs read model tells which runs are active; make sure it has seen them all.
+        let runs_projection = flowforge_projections::find_projection("runs")?;
+        ProjectionRunner::new(
+            context.read_db.clone(),
+            context.store.clone(),
+            runs_projection,
+        )
+        .catch_up()
+        .await?;
+        let active: Vec<(String, String)> = sqlx::query_as(
+            "SELECT run_id, tenant_id FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at",
+        )
+        .fetch_all(context.read_db.pool())
+        .await
+        .map_err(ProjectionError::from)?;
+
+        let (timer_tx, fired) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut scheduler = Self {
+            timers: Timers::start(timer_tx),
+            context,
+            runs: HashMap::new(),
+            waits: HashMap::new(),
+            by_function: HashMap::new(),
+            crons: HashSet::new(),
+            fired,
+            in_flight: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            processed: checkpoint,
+            saved_checkpoint: checkpoint,
+            start_position: checkpoint,
+        };
+        for (run_id, tenant) in active {
+            let Ok(run_id) = run_id.parse::<Uuid>() else {
+                continue;
+            };
+            if let Err(error) = scheduler.track_from_stream(run_id, &tenant, 0).await {
+                tracing::error!(%run_id, %error, "cannot load an active run");
+            }
+        }
+        scheduler.schedule_crons();
+        tracing::info!(
+            active_runs = scheduler.runs.len(),
+            checkpoint,
+            head,
+            queued = ?scheduler.context.queue.depth(),
+            timers = scheduler.timers.len(),
+            "scheduler ready"
+        );
+        Ok(scheduler)
+    }
+
+    pub async fn run(mut self) {
+        let mut subscription = subscribe(
+            self.context.store.clone(),
+            self.start_position,
+            LogFilter::all(),
+        );
+        let mut checkpoint_tick = tokio::time::interval(CHECKPOINT_EVERY);
+        loop {
+            tokio::select! {
+                batch = subscription.next_batch(500) => match batch {
+                    Ok(events) => {
+                        for event in events {
+                            let position = event.global_position;
+                            self.on_event(event).await;
+                            self.processed = self.processed.max(position);
+                        }
+                        self.processed = self.processed.max(subscription.position());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "scheduler: reading the log failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                Some(timer) = self.fired.recv() => self.on_timer(timer).await,
+                Some(position) = self.done_rx.recv() => self.effect_done(position),
+                _ = checkpoint_tick.tick() => self.save_checkpoint().await,
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ log events
+
+    async fn on_event(&mut self, event: StoredEvent) {
+        match event.stream_type.as_str() {
+            flowforge_domain::run::STREAM_TYPE => self.on_run_event(&event).await,
+            flowforge_domain::event::STREAM_TYPE => self.on_incoming(&event),
+            flowforge_domain::app::STREAM_TYPE => {
+                self.context.registry.apply(&event);
+                self.schedule_crons();
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_run_event(&mut self, event: &StoredEvent) {
+        let Some(run_id) = run_id_of(&event.stream_id) else {
+            return;
+        };
+        let decoded: RunEvent = match event.decode() {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::error!(%run_id, %error, position = event.global_position, "unreadable run event");
+                return;
+            }
+        };
+        let known = self.runs.get(&run_id).map(|t| t.version);
+        match known {
+            Some(version) if event.stream_version <= version => return,
+            Some(version) if event.stream_version == version + 1 => {
+                if let Some(tracked) = self.runs.get_mut(&run_id) {
+                    let state = std::mem::take(&mut tracked.state);
+                    tracked.state = Run::evolve(state, &decoded);
+                    tracked.version = event.stream_version;
+                    if let RunEvent::WaitStarted(wait) = &decoded {
+                        tracked
+                            .wait_positions
+                            .insert(wait.step_id.clone(), event.global_position);
+                    }
+                }
+            }
+            None if event.stream_version == 1 => {
+                let state = Run::evolve(Run::initial(), &decoded);
+                self.start_tracking(run_id, event.tenant_id(), state, 1, event.global_position);
+            }
+            // A gap (or a run we did not know): read the whole stream.
+            _ => {
+                if let Err(error) = self
+                    .track_from_stream(run_id, event.tenant_id(), event.global_position)
+                    .await
+                {
+                    tracing::error!(%run_id, %error, "cannot load a run");
+                }
+                if !self.runs.contains_key(&run_id) && decoded_is_terminal(&decoded) {
+                    self.finished_untracked(run_id, event).await;
+                }
+                return;
+            }
+        }
+        if let RunEvent::InvokeStarted(invoke) = &decoded {
+            self.start_child(run_id, event.tenant_id(), invoke, event.global_position);
+        }
+        self.after_change(run_id, event.global_position);
+    }
+
+    /// Loads a run from its stream and tracks it if it is still active.
+    async fn track_from_stream(
+        &mut self,
+        run_id: Uuid,
+        tenant: &str,
+        position: u64,
+    ) -> Result<(), CommandError<RunError>> {
+        let stream = flowforge_domain::run::stream_id(run_id);
+        let stored = self
+            .context
+            .store
+            .read_stream(&stream, 1)
+            .await
+            .map_err(CommandError::Store)?;
+        let mut state = Run::initial();
+        let mut wait_positions = HashMap::new();
+        let mut created_position = position;
+        for e in &stored {
+            let decoded: RunEvent = e.decode().map_err(|source| CommandError::Decode {
+                stream_id: stream.clone(),
+                source,
+            })?;
+            if e.stream_version == 1 {
+                created_position = e.global_position;
+            }
+            if let RunEvent::WaitStarted(wait) = &decoded {
+                wait_positions.insert(wait.step_id.clone(), e.global_position);
+            }
+            state = Run::evolve(state, &decoded);
+        }
+        let version = stored.last().map_or(0, |e| e.stream_version);
+        if version == 0 || state.status.is_terminal() {
+            return Ok(());
+        }
+        self.start_tracking(run_id, tenant, state, version, created_position);
+        if let Some(tracked) = self.runs.get_mut(&run_id) {
+            tracked.wait_positions = wait_positions;
+        }
+        // Children this run is waiting for: make sure they exist (and resume the
+        // parent if they already finished while nobody was watching).
+        let invokes: Vec<(String, Uuid)> = self.runs[&run_id]
+            .state
+            .waiting
+            .iter()
+            .filter_map(|(step, w)| match w {
+                Waiting::Invoke { child_run_id, .. } => Some((step.clone(), *child_run_id)),
+                _ => None,
+            })
+            .collect();
+        for (step_id, child_run_id) in invokes {
+            self.reconcile_child(run_id, tenant, step_id, child_run_id, position);
+        }
+        self.after_change(run_id, position);
+        Ok(())
+    }
+
+    fn start_tracking(
+        &mut self,
+        run_id: Uuid,
+        tenant: &str,
+        state: RunState,
+        version: u64,
+        created_position: u64,
+    ) {
+        if let Some(function) = &state.function {
+            self.by_function
+                .entry((tenant.to_owned(), function.function_id.clone()))
+                .or_default()
+                .insert(run_id);
+        }
+        self.runs.insert(
+            run_id,
+            Tracked {
+                tenant: tenant.to_owned(),
+                state,
+                version,
+                created_position,
+                wait_positions: HashMap::new(),
+                dispatched: HashSet::new(),
+                timed: HashSet::new(),
+            },
+        );
+    }
+
+    /// Derives the work a run's new state calls for.
+    fn after_change(&mut self, run_id: Uuid, position: u64) {
+        let Some(tracked) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        self.context
+            .cache
+            .put(run_id, tracked.state.clone(), tracked.version);
+        if tracked.state.status.is_terminal() {
+            let tracked = self.runs.remove(&run_id);
+            if let Some(tracked) = tracked {
+                self.forget(run_id, &tracked);
+                self.context.cache.remove(run_id);
+                self.finished(run_id, &tracked.tenant, &tracked.state, position);
+            }
+            return;
+        }
+        let now = Utc::now();
+        // Calls: queue the due ones, set timers for the later ones.
+        tracked.dispatched.retain(|(target, token)| {
+            tracked
+                .state
+                .due
+                .get(target)
+                .is_some_and(|d| d.token == *token)
+        });
+        let mut to_queue = Vec::new();
+        for (target, due) in &tracked.state.due {
+            if !tracked.dispatched.insert((target.clone(), due.token)) {
+                continue;
+            }
+            let job = Job {
+                tenant: tracked.tenant.clone(),
+                run_id,
+                target: target.clone(),
+                token: due.token,
+            };
+            match due.not_before {
+                Some(at) if at > now => self.timers.add(at, Timer::Enqueue(job)),
+                _ => to_queue.push(job),
+            }
+        }
+        // Waiting steps: a timer for their end, and the wait index.
+        let waiting: Vec<(String, Waiting)> = tracked
+            .state
+            .waiting
+            .iter()
+            .map(|(s, w)| (s.clone(), w.clone()))
+            .collect();
+        let gone: Vec<String> = tracked
+            .timed
+            .iter()
+            .filter(|s| !tracked.state.waiting.contains_key(*s))
+            .cloned()
+            .collect();
+        for step in &gone {
+            tracked.timed.remove(step);
+        }
+        let mut new_waits = Vec::new();
+        for (step_id, w) in waiting {
+            if !tracked.timed.insert(step_id.clone()) {
+                continue;
+            }
+            let timer = match &w {
+                Waiting::Sleep { .. } => Timer::SleepDone {
+                    run_id,
+                    step_id: step_id.clone(),
+                },
+                Waiting::Event { event, .. } => {
+                    new_waits.push((event.clone(), step_id.clone()));
+                    Timer::WaitExpired {
+                        run_id,
+                        step_id: step_id.clone(),
+                    }
+                }
+                Waiting::Invoke { .. } => Timer::InvokeExpired {
+                    run_id,
+                    step_id: step_id.clone(),
+                },
+            };
+            self.timers.add(w.until(), timer);
+        }
+        for step in gone {
+            for waiters in self.waits.values_mut() {
+                waiters.remove(&(run_id, step.clone()));
+            }
+        }
+        for (event, step_id) in new_waits {
+            self.waits
+                .entry(event)
+                .or_default()
+                .insert((run_id, step_id));
+        }
+        for job in to_queue {
+            self.enqueue(job);
+        }
+    }
+
+    fn forget(&mut self, run_id: Uuid, tracked: &Tracked) {
+        if let Some(function) = &tracked.state.function
+            && let Some(runs) = self
+                .by_function
+                .get_mut(&(tracked.tenant.clone(), function.function_id.clone()))
+        {
+            runs.remove(&run_id);
+        }
+        for step in &tracked.timed {
+            for waiters in self.waits.values_mut() {
+                waiters.remove(&(run_id, step.clone()));
+            }
+        }
+        self.waits.retain(|_, waiters| !waiters.is_empty());
+    }
+
+    fn enqueue(&self, job: Job) {
+        let queue = self.context.queue.clone();
+        tokio::spawn(async move {
+            if let Err(error) = queue.enqueue(job.clone()).await {
+                tracing::error!(%error, run_id = %job.run_id, "cannot queue a call");
+            }
+        });
+    }
+
+    /// A run finished: announce it, and resume the parent that invoked it.
+    fn finished(&mut self, run_id: Uuid, tenant: &str, state: &RunState, position: u64) {
+        let Some(function) = state.function.clone() else {
+            return;
+        };
+        let event = state.events.first().cloned().unwrap_or(Value::Null);
+        let (result_key, result) = match (&state.output, &state.error) {
+            (Some(output), _) => ("result", output.clone()),
+            (None, Some(error)) => ("error", crate::protocol::error_json(error)),
+            (None, None) => (
+                "error",
+                json!({"name": "Cancelled", "message": "the run was cancelled"}),
+            ),
+        };
+        let mut names = vec!["inngest/function.finished", "flowforge/function.finished"];
+        if state.status == RunStatus::Failed {
+            names.extend(["inngest/function.failed", "flowforge/function.failed"]);
+        }
+        for name in names {
+            let mut data = json!({
+                "function_id": function.function_id,
+                "run_id": run_id.to_string(),
+                "event": event,
+                "status": state.status.as_str(),
+            });
+            if let Some(map) = data.as_object_mut() {
+                map.insert(result_key.to_owned(), result.clone());
+            }
+            let key = ids::run_outcome_event(run_id, name);
+            let received = EventReceived {
+                id: key.to_string(),
+                name: name.to_owned(),
+                data,
+                ts: state
+                    .finished_at
+                    .unwrap_or_else(Utc::now)
+                    .timestamp_millis(),
+                user: None,
+                v: None,
+                source: EventSource::Internal,
+                received_at: Utc::now(),
+            };
+            let context = self.context.clone();
+            let meta = metadata(tenant).with_causation(key);
+            self.effect(position, async move {
+                ingest::append(&context, &key, meta, received)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        if let Some(parent) = state.parent.clone() {
+            let result = match state.status {
+                RunStatus::Completed => Ok(state.output.clone().unwrap_or(Value::Null)),
+                RunStatus::Failed => Err(state
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| StepError::new("Error", "the invoked function failed"))),
+                _ => Err(StepError::new(
+                    "InngestInvokeCancelledError",
+                    "the invoked function was cancelled",
+                )),
+            };
+            self.command(
+                position,
+                tenant,
+                parent.run_id,
+                RunCommand::ResolveInvoke {
+                    step_id: parent.step_id,
+                    result,
+                    at: Utc::now(),
+                },
+            );
+        }
+    }
+
+    /// A terminal event of a run we were not tracking (re-read after a restart).
+    async fn finished_untracked(&mut self, run_id: Uuid, event: &StoredEvent) {
+        match self.context.commands.load::<Run>(&event.stream_id).await {
+            Ok(loaded) if loaded.state.status.is_terminal() => {
+                self.finished(
+                    run_id,
+                    event.tenant_id(),
+                    &loaded.state,
+                    event.global_position,
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%run_id, %error, "cannot load a finished run"),
+        }
+    }
+
+    fn start_child(
+        &mut self,
+        parent: Uuid,
+        tenant: &str,
+        invoke: &flowforge_domain::run::InvokeStarted,
+        position: u64,
+    ) {
+        let Some(function) = self.context.registry.current(tenant, &invoke.function_id) else {
+            self.command(
+                position,
+                tenant,
+                parent,
+                RunCommand::ResolveInvoke {
+                    step_id: invoke.step_id.clone(),
+                    result: Err(StepError::new(
+                        "FunctionNotFound",
+                        format!("no function `{}` is registered", invoke.function_id),
+                    )),
+                    at: Utc::now(),
+                },
+            );
+            return;
+        };
+        let data = invoke
+            .payload
+            .get("data")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let key = ids::invocation_event(invoke.child_run_id);
+        let event = json!({
+            "id": key.to_string(),
+            "name": "inngest/function.invoked",
+            "data": data,
+            "ts": Utc::now().timestamp_millis(),
+            "user": {},
+        });
+        let link = ParentLink {
+            run_id: parent,
+            step_id: invoke.step_id.clone(),
+        };
+        self.create_run(
+            position,
+            tenant,
+            invoke.child_run_id,
+            &function,
+            vec![event],
+            None,
+            Some(link),
+        );
+    }
+
+    fn reconcile_child(
+        &mut self,
+        parent: Uuid,
+        tenant: &str,
+        step_id: String,
+        child: Uuid,
+        position: u64,
+    ) {
+        let context = self.context.clone();
+        let meta = metadata(tenant);
+        self.effect(position, async move {
+            let loaded = context
+                .commands
+                .load::<Run>(&flowforge_domain::run::stream_id(child))
+                .await
+                .map_err(|e| e.to_string())?;
+            let result = match loaded.state.status {
+                // Not created yet (the parent's InvokeStarted is re-read from the log and
+                // creates it) or still running (its end resumes the parent).
+                RunStatus::New | RunStatus::Queued | RunStatus::Running => return Ok(()),
+                RunStatus::Completed => Ok(loaded.state.output.unwrap_or(Value::Null)),
+                RunStatus::Failed => Err(loaded
+                    .state
+                    .error
+                    .unwrap_or_else(|| StepError::new("Error", "the invoked function failed"))),
+                RunStatus::Cancelled => Err(StepError::new(
+                    "InngestInvokeCancelledError",
+                    "the invoked function was cancelled",
+                )),
+            };
+            run_command(
+                &context,
+                &meta,
+                parent,
+                RunCommand::ResolveInvoke {
+                    step_id,
+                    result,
+                    at: Utc::now(),
+                },
+            )
+            .await
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_run(
+        &mut self,
+        position: u64,
+        tenant: &str,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        events: Vec<Value>,
+        replay_of: Option<Uuid>,
+        parent: Option<ParentLink>,
+    ) {
+        let app_id = self
+            .context
+            .registry
+            .app_of(tenant, &function.spec.id)
+            .unwrap_or_default();
+        let command = RunCommand::Create(CreateRun {
+            run_id,
+            function: FunctionRef {
+                app_id,
+                function_id: function.spec.id.clone(),
+                version: function.version,
+            },
+            events,
+            max_attempts: function.spec.max_attempts.max(1),
+            backoff: self.context.config.backoff,
+            replay_of,
+            parent,
+            at: Utc::now(),
+        });
+        self.command(position, tenant, run_id, command);
+    }
+
+    /// Runs a command on a run as an effect of the event at `position`. Refusals that
+    /// mean "already done" or "no longer relevant" are expected and ignored.
+    fn command(&mut self, position: u64, tenant: &str, run_id: Uuid, command: RunCommand) {
+        let context = self.context.clone();
+        let meta = metadata(tenant);
+        self.effect(position, async move {
+            run_command(&context, &meta, run_id, command).await
+        });
+    }
+
+    /// Starts an effect; the checkpoint will not pass `position` until it completes.
+    /// Failures that may pass (the database is briefly unavailable) are retried.
+    fn effect<F>(&mut self, position: u64, effect: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        *self.in_flight.entry(position).or_insert(0) += 1;
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            if let Err(error) = effect.await {
+                tracing::error!(%error, position, "scheduler effect failed");
+            }
+            let _ = done.send(position);
+        });
+    }
+
+    fn effect_done(&mut self, position: u64) {
+        if let Some(count) = self.in_flight.get_mut(&position) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(&position);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ incoming events
+
+    fn on_incoming(&mut self, stored: &StoredEvent) {
+        let Ok(IncomingEvent::Received(received)) = stored.decode::<IncomingEvent>() else {
+            tracing::error!(
+                position = stored.global_position,
+                "unreadable incoming event"
+            );
+            return;
+        };
+        let tenant = stored.tenant_id().to_owned();
+        let position = stored.global_position;
+        let event_json = received.to_sdk_json();
+
+        // 1. New runs.
+        let candidates: Vec<FunctionVersion> = match &received.source {
+            EventSource::Cron { function_id } => self.context.registry.current(&tenant, function_id).into_iter().collect(),
+            _ => self
+                .context
+                .registry
+                .triggered_by(&tenant, &received.name)
+                .into_iter()
+                .filter(|(function, expression)| {
+                    // A function is never triggered by the announcement of its own end.
+                    let about = received.data.get("function_id").and_then(Value::as_str);
+                    if received.name.ends_with("/function.finished") || received.name.ends_with("/function.failed") {
+                        if about == Some(function.spec.id.as_str()) {
+                            return false;
+                        }
+                    }
+                    match expression {
+                        None => true,
+                        Some(expression) => match self.context.expressions.matches(expression, &event_json, None) {
+                            Ok(matched) => matched,
+                            Err(error) => {
+                                tracing::warn!(function = %function.spec.id, %error, "trigger expression failed");
+                                false
+                            }
+                        },
+                    }
+                })
+                .map(|(function, _)| function)
+                .collect(),
+        };
+        let mut seen = HashSet::new();
+        for function in candidates {
+            if !seen.insert(function.spec.id.clone()) {
+                continue;
+            }
+            let run_id = ids::run_for_event(&stored.stream_id, &function.spec.id);
+            self.create_run(
+                position,
+                &tenant,
+                run_id,
+                &function,
+                vec![event_json.clone()],
+                None,
+                None,
+            );
+        }
+
+        // 2. Waits for this event.
+        if let Some(waiters) = self.waits.get(&received.name).cloned() {
+            for (run_id, step_id) in waiters {
+                let Some(tracked) = self.runs.get(&run_id) else {
+                    continue;
+                };
+                if tracked.tenant != tenant {
+                    continue;
+                }
+                if tracked
+                    .wait_positions
+                    .get(&step_id)
+                    .is_some_and(|p| position <= *p)
+                {
+                    continue; // sent before the wait started
+                }
+                let Some(Waiting::Event { expression, .. }) = tracked.state.waiting.get(&step_id)
+                else {
+                    continue;
+                };
+                let trigger = tracked.state.events.first().cloned().unwrap_or(Value::Null);
+                let matched = match expression {
+                    None => true,
+                    Some(expression) => self
+                        .context
+                        .expressions
+                        .matches(expression, &trigger, Some(&event_json))
+                        .unwrap_or_else(|error| {
+                            tracing::warn!(%run_id, %error, "wait expression failed");
+                            false
+                        }),
+                };
+                if matched {
+                    if let Some(waiters) = self.waits.get_mut(&received.name) {
+                        waiters.remove(&(run_id, step_id.clone()));
+                    }
+                    self.command(
+                        position,
+                        &tenant,
+                        run_id,
+                        RunCommand::ResolveWait {
+                            step_id,
+                            event: Some(event_json.clone()),
+                            at: Utc::now(),
+                        },
+                    );
+                }
+            }
+        }
+
+        // 3. Cancel rules.
+        for function in self.context.registry.cancelled_by(&tenant, &received.name) {
+            let runs: Vec<Uuid> = self
+                .by_function
+                .get(&(tenant.clone(), function.spec.id.clone()))
+                .map(|r| r.iter().copied().collect())
+                .unwrap_or_default();
+            for run_id in runs {
+                let Some(tracked) = self.runs.get(&run_id) else {
+                    continue;
+                };
+                if tracked.created_position >= position {
+                    continue;
+                }
+                let trigger = tracked.state.events.first().cloned().unwrap_or(Value::Null);
+                let cancel = function.spec.cancel.iter().any(|rule| {
+                    if !flowforge_domain::trigger::name_matches(&rule.event, &received.name) {
+                        return false;
+                    }
+                    if let (Some(timeout), Some(created)) =
+                        (&rule.timeout, tracked.state.created_at)
+                        && let Ok(timeout) = flowforge_domain::duration::parse(timeout)
+                        && received.received_at > created + timeout
+                    {
+                        return false;
+                    }
+                    match &rule.expression {
+                        None => true,
+                        Some(expression) => self
+                            .context
+                            .expressions
+                            .matches(expression, &trigger, Some(&event_json))
+                            .unwrap_or(false),
+                    }
+                });
+                if cancel {
+                    self.command(
+                        position,
+                        &tenant,
+                        run_id,
+                        RunCommand::Cancel {
+                            reason: format!(
+                                "cancelled by event {} ({})",
+                                received.name, received.id
+                            ),
+                            at: Utc::now(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    async fn on_timer(&mut self, timer: Timer) {
+        let position = self.processed;
+        match timer {
+            Timer::Enqueue(job) => {
+                let still_due = self
+                    .runs
+                    .get(&job.run_id)
+                    .and_then(|t| t.state.due.get(&job.target))
+                    .is_some_and(|d| d.token == job.token);
+                if still_due {
+                    self.enqueue(job);
+                }
+            }
+            Timer::SleepDone { run_id, step_id } => {
+                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                    self.command(
+                        position,
+                        &tenant,
+                        run_id,
+                        RunCommand::CompleteSleep {
+                            step_id,
+                            at: Utc::now(),
+                        },
+                    );
+                }
+            }
+            Timer::WaitExpired { run_id, step_id } => {
+                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                    self.command(
+                        position,
+                        &tenant,
+                        run_id,
+                        RunCommand::ResolveWait {
+                            step_id,
+                            event: None,
+                            at: Utc::now(),
+                        },
+                    );
+                }
+            }
+            Timer::InvokeExpired { run_id, step_id } => {
+                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                    self.command(
+                        position,
+                        &tenant,
+                        run_id,
+                        RunCommand::ResolveInvoke {
+                            step_id,
+                            result: Err(StepError::new(
+                                "InngestInvokeTimeoutError",
+                                "Timed out waiting for invoked function to complete",
+                            )),
+                            at: Utc::now(),
+                        },
+                    );
+                }
+            }
+            Timer::Cron {
+                tenant,
+                function_id,
+                version,
+                schedule,
+                at,
+            } => {
+                let key = (
+                    tenant.clone(),
+                    function_id.clone(),
+                    version,
+                    schedule.clone(),
+                );
+                self.crons.remove(&key);
+                let current = self.context.registry.current(&tenant, &function_id);
+                if current.is_some_and(|f| f.version == version) {
+                    let id = ids::cron_event(&tenant, &function_id, at.timestamp_millis());
+                    let received = EventReceived {
+                        id: id.to_string(),
+                        name: "inngest/scheduled.timer".into(),
+                        data: json!({"cron": schedule}),
+                        ts: at.timestamp_millis(),
+                        user: None,
+                        v: None,
+                        source: EventSource::Cron { function_id },
+                        received_at: Utc::now(),
+                    };
+                    let context = self.context.clone();
+                    let meta = metadata(&tenant);
+                    self.effect(position, async move {
+                        ingest::append(&context, &id, meta, received)
+                            .await
+                            .map_err(|e| e.to_string())
+                    });
+                }
+                self.schedule_crons();
+            }
+        }
+    }
+
+    fn waiting_tenant(&self, run_id: Uuid, step_id: &str) -> Option<String> {
+        let tracked = self.runs.get(&run_id)?;
+        tracked
+            .state
+            .waiting
+            .contains_key(step_id)
+            .then(|| tracked.tenant.clone())
+    }
+
+    fn schedule_crons(&mut self) {
+        let now = Utc::now();
+        for (tenant, function, schedules) in self.context.registry.cron_functions() {
+            for schedule in schedules {
+                let key = (
+                    tenant.clone(),
+                    function.spec.id.clone(),
+                    function.version,
+                    schedule.clone(),
+                );
+                if self.crons.contains(&key) {
+                    continue;
+                }
+                match crate::cron::Schedule::parse(&schedule) {
+                    Ok(parsed) => {
+                        if let Some(at) = parsed.next_after(now) {
+                            self.crons.insert(key);
+                            self.timers.add(
+                                at,
+                                Timer::Cron {
+                                    tenant: tenant.clone(),
+                                    function_id: function.spec.id.clone(),
+                                    version: function.version,
+                                    schedule,
+                                    at,
+                                },
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(function = %function.spec.id, %error, "invalid cron schedule")
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ checkpoint
+
+    fn checkpoint(&self) -> u64 {
+        match self.in_flight.keys().next() {
+            Some(lowest) => lowest.saturating_sub(1).max(self.saved_checkpoint),
+            None => self.processed,
+        }
+    }
+
+    async fn save_checkpoint(&mut self) {
+        let position = self.checkpoint();
+        if position <= self.saved_checkpoint {
+            return;
+        }
+        let result = sqlx::query(
+            "INSERT INTO reactor_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(NAME)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(Utc::now().timestamp_millis())
+        .execute(self.context.read_db.pool())
+        .await;
+        match result {
+            Ok(_) => self.saved_checkpoint = position,
+            Err(error) => tracing::warn!(%error, "cannot save the scheduler checkpoint"),
+        }
+    }
+}
+
+fn decoded_is_terminal(event: &RunEvent) -> bool {
+    matches!(
+        event,
+        RunEvent::Completed(_) | RunEvent::Failed(_) | RunEvent::Cancelled(_)
+    )
+}
+
+async fn load_checkpoint(context: &EngineContext) -> Result<u64, EngineError> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM reactor_checkpoints WHERE name = $1")
+            .bind(NAME)
+            .fetch_optional(context.read_db.pool())
+            .await
+            .map_err(ProjectionError::from)?;
+    Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+}
+
+/// Runs a command on a run, retrying while the database is unavailable. Refusals that
+/// mean the effect already happened (or no longer applies) count as success.
+pub(crate) async fn run_command(
+    context: &EngineContext,
+    meta: &EventMetadata,
+    run_id: Uuid,
+    command: RunCommand,
+) -> Result<(), String> {
+    let stream = flowforge_domain::run::stream_id(run_id);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match context
+            .commands
+            .handle::<Run>(&stream, meta, || command.clone())
+            .await
+        {
+            Ok(handled) => {
+                context
+                    .cache
+                    .put(run_id, handled.state, handled.stream_version);
+                return Ok(());
+            }
+            Err(CommandError::Domain(
+                RunError::AlreadyExists
+                | RunError::Finished(_)
+                | RunError::NotWaiting { .. }
+                | RunError::StaleCall { .. }
+                | RunError::TooEarly { .. },
+            )) => return Ok(()),
+            Err(CommandError::Store(e)) if e.is_transient() => {
+                tracing::warn!(%run_id, error = %e, "event log unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(CommandError::Contention { .. }) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(other) => return Err(format!("run {run_id}: {other}")),
+        }
+    }
+}
