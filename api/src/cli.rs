@@ -71,6 +71,52 @@ impl StorageArgs {
     }
 }
 
+/// Settings of the execution engine, shared by `dev` and `serve`.
+#[derive(Args, Debug, Clone)]
+struct EngineArgs {
+    /// Largest accepted event request, in bytes.
+    #[arg(long, env = "FLOWFORGE_MAX_EVENT_BYTES", default_value_t = 512 * 1024)]
+    max_event_bytes: usize,
+    /// Signs every call to apps with this key (`X-Inngest-Signature`, HMAC-SHA256).
+    #[arg(long, env = "FLOWFORGE_SIGNING_KEY", hide_env_values = true)]
+    signing_key: Option<String>,
+    /// Calls to apps in flight at once.
+    #[arg(long, env = "FLOWFORGE_EXECUTOR_CONCURRENCY", default_value_t = 64)]
+    executor_concurrency: usize,
+    /// Seconds one call to an app may take.
+    #[arg(long, env = "FLOWFORGE_CALL_TIMEOUT_SECS", default_value_t = 300)]
+    call_timeout_secs: u64,
+    /// First retry delay in milliseconds; doubles per attempt (with jitter) up to the maximum.
+    #[arg(long, env = "FLOWFORGE_RETRY_BACKOFF_MS", default_value_t = 1_000)]
+    retry_backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(
+        long,
+        env = "FLOWFORGE_RETRY_BACKOFF_MAX_MS",
+        default_value_t = 600_000
+    )]
+    retry_backoff_max_ms: u64,
+    /// Retries of a function that does not say (each step and call gets retries + 1 attempts).
+    #[arg(long, env = "FLOWFORGE_DEFAULT_RETRIES", default_value_t = 3)]
+    default_retries: u32,
+}
+
+impl EngineArgs {
+    fn engine_config(&self, server_kind: &'static str) -> flowforge_engine::EngineConfig {
+        flowforge_engine::EngineConfig {
+            executor_concurrency: self.executor_concurrency.max(1),
+            call_timeout: std::time::Duration::from_secs(self.call_timeout_secs.max(1)),
+            default_max_attempts: self.default_retries + 1,
+            backoff: flowforge_domain::run::BackoffPolicy {
+                initial_ms: self.retry_backoff_ms.max(1),
+                max_ms: self.retry_backoff_max_ms.max(self.retry_backoff_ms.max(1)),
+            },
+            signing_key: self.signing_key.clone().filter(|k| !k.is_empty()),
+            server_kind,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct DevArgs {
     /// Address to listen on. Loopback by default: dev mode is for one developer.
@@ -84,6 +130,8 @@ struct DevArgs {
     data_dir: PathBuf,
     #[arg(long, env = "FLOWFORGE_SQLITE_DURABILITY", default_value = "full")]
     sqlite_durability: Durability,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +148,8 @@ struct ServeArgs {
     /// /ready answers 503 while a read model is more than this many log positions behind.
     #[arg(long, env = "FLOWFORGE_READY_MAX_LAG", default_value_t = 10_000)]
     ready_max_lag: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +213,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 nats_url: None,
                 ready_max_lag: 10_000,
+                max_event_bytes: args.engine.max_event_bytes,
+                engine: args.engine.engine_config("dev"),
             };
             run_server(config).await
         }
@@ -180,6 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 storage: args.storage.storage()?,
                 nats_url: args.nats_url,
                 ready_max_lag: args.ready_max_lag,
+                max_event_bytes: args.engine.max_event_bytes,
+                engine: args.engine.engine_config("cloud"),
             };
             run_server(config).await
         }

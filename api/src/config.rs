@@ -92,6 +92,9 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// `/ready` fails while a projection is more than this many log positions behind.
     pub ready_max_lag: u64,
+    /// Largest accepted event request body, in bytes.
+    pub max_event_bytes: usize,
+    pub engine: flowforge_engine::EngineConfig,
 }
 
 impl Config {
@@ -107,6 +110,8 @@ impl Config {
             },
             nats_url: None,
             ready_max_lag: 10_000,
+            max_event_bytes: 512 * 1024,
+            engine: flowforge_engine::EngineConfig::default(),
         }
     }
 }

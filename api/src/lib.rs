@@ -5,11 +5,13 @@
 //! `bench` holds the benchmark commands.
 
 pub mod bench;
+pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod platform;
+pub mod routes;
 pub mod telemetry;
 
 pub use config::Config;

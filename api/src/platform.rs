@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use flowforge_engine::{Engine, EngineContext, InProcessQueue};
 use flowforge_projections::{Projection, ProjectionRunner, ReadDb, all_projections};
 use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
 use flowforge_store::sqlite::{Durability, SqliteConfig, SqliteEventStore};
@@ -17,6 +18,7 @@ pub struct Platform {
     pub store: Arc<dyn EventStore>,
     pub read_db: ReadDb,
     pub projections: Vec<Arc<dyn Projection>>,
+    engine: Option<Engine>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -67,11 +69,12 @@ impl Platform {
             store,
             read_db,
             projections: all_projections(),
+            engine: None,
             workers: Vec::new(),
         })
     }
 
-    /// Opens the platform and starts every projection runner.
+    /// Opens the platform, starts every projection runner and the execution engine.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let mut platform = Self::open(config).await?;
         for projection in platform.projections.clone() {
@@ -90,7 +93,21 @@ impl Platform {
                 .workers
                 .push(tokio::spawn(async move { runner.run().await }));
         }
+        let engine = Engine::start(
+            platform.store.clone(),
+            platform.read_db.clone(),
+            Arc::new(InProcessQueue::new()),
+            platform.config.engine.clone(),
+        )
+        .await
+        .context("starting the execution engine")?;
+        platform.engine = Some(engine);
         Ok(platform)
+    }
+
+    /// The running engine (present on servers, absent on tool invocations).
+    pub fn engine(&self) -> Option<&Arc<EngineContext>> {
+        self.engine.as_ref().map(|e| &e.context)
     }
 
     pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
@@ -100,6 +117,9 @@ impl Platform {
     /// Stops the background workers. In-flight projection batches roll back; their
     /// checkpoints make the next process resume exactly where this one stopped.
     pub fn stop(&mut self) {
+        if let Some(mut engine) = self.engine.take() {
+            engine.stop();
+        }
         for worker in self.workers.drain(..) {
             worker.abort();
         }

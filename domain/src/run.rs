@@ -670,7 +670,9 @@ impl Decider for Run {
                 state.step_attempts.remove(&e.step_id);
                 state.due.remove(&CallTarget::Step(e.step_id.clone()));
                 state.call_attempts = 0;
-                if !state.status.is_terminal() && !state.due.contains_key(&CallTarget::Discovery) {
+                // Always a fresh discovery: one already due or in flight was (or is being)
+                // made without this step's result, so its answer must count as stale.
+                if !state.status.is_terminal() {
                     state.make_due(CallTarget::Discovery, 0, None);
                 }
             }
@@ -1441,6 +1443,46 @@ mod tests {
                 }]),
             ))
             .then([call_finished(CallTarget::Discovery, discovery, 0)]);
+    }
+
+    #[test]
+    fn a_discovery_made_before_a_parallel_step_finished_is_stale_afterwards() {
+        let planned = RunEvent::StepsPlanned {
+            steps: vec![
+                PlannedStep {
+                    step_id: "a".into(),
+                    name: "a".into(),
+                },
+                PlannedStep {
+                    step_id: "b".into(),
+                    name: "b".into(),
+                },
+            ],
+        };
+        // b finishes (discovery 4 due), then a finishes while discovery 4 is in flight.
+        let given = vec![
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            planned,
+            call_finished(CallTarget::Step("b".into()), 3, 0),
+            step_done("b", json!("B")),
+            call_finished(CallTarget::Step("a".into()), 2, 0),
+            step_done("a", json!("A")),
+        ];
+        let state = Run::fold(given.iter());
+        assert_eq!(state.due[&CallTarget::Discovery].token, 5);
+        Spec::given(given.clone())
+            .when(record(CallTarget::Discovery, 4, CallOutcome::Ops(vec![])))
+            .then_error(|e| matches!(e, RunError::StaleCall { token: 4, .. }));
+        Spec::given(given)
+            .when(record(
+                CallTarget::Discovery,
+                5,
+                CallOutcome::Completed {
+                    output: json!("AB"),
+                },
+            ))
+            .events();
     }
 
     #[test]

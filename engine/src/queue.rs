@@ -249,6 +249,6 @@ mod tests {
             );
         }
         got.sort();
-        assert_eq!(got, (0..4).map(|n| Uuid::from_u128(n)).collect::<Vec<_>>());
+        assert_eq!(got, (0..4).map(Uuid::from_u128).collect::<Vec<_>>());
     }
 }

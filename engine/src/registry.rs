@@ -61,14 +61,15 @@ impl Registry {
             return;
         }
         match event.decode::<AppEvent>() {
-            Ok(AppEvent::Synced(synced)) => self.synced(event.tenant_id(), &synced),
+            Ok(AppEvent::Synced(synced)) => self.apply_sync(event.tenant_id(), &synced),
             Err(error) => {
                 tracing::error!(%error, position = event.global_position, "unreadable app event")
             }
         }
     }
 
-    fn synced(&self, tenant: &str, synced: &AppSynced) {
+    /// Applies one sync. Applying the same sync twice changes nothing.
+    pub fn apply_sync(&self, tenant: &str, synced: &AppSynced) {
         let Ok(mut state) = self.state.write() else {
             return;
         };

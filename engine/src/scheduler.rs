@@ -753,10 +753,10 @@ impl Scheduler {
                 .filter(|(function, expression)| {
                     // A function is never triggered by the announcement of its own end.
                     let about = received.data.get("function_id").and_then(Value::as_str);
-                    if received.name.ends_with("/function.finished") || received.name.ends_with("/function.failed") {
-                        if about == Some(function.spec.id.as_str()) {
-                            return false;
-                        }
+                    let announces_an_end =
+                        received.name.ends_with("/function.finished") || received.name.ends_with("/function.failed");
+                    if announces_an_end && about == Some(function.spec.id.as_str()) {
+                        return false;
                     }
                     match expression {
                         None => true,

@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, mpsc};
 
+/// Earliest first: (when, insertion order, payload).
+type Heap<T> = BinaryHeap<Reverse<(DateTime<Utc>, u64, Entry<T>)>>;
+
 pub struct Timers<T> {
-    heap: Arc<Mutex<BinaryHeap<Reverse<(DateTime<Utc>, u64, Entry<T>)>>>>,
+    heap: Arc<Mutex<Heap<T>>>,
     changed: Arc<Notify>,
     seq: Arc<std::sync::atomic::AtomicU64>,
 }

@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod document;
+pub mod events;
 pub mod readdb;
 pub mod rebuild;
 pub mod runner;
@@ -142,6 +143,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(document::Documents(runs::RunsProjection)),
         Arc::new(document::Documents(streams::StreamsProjection)),
+        Arc::new(document::Documents(events::EventsProjection)),
     ]
 }
 

@@ -24,3 +24,4 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
 
 pub mod backend;
 pub mod fixtures;
+pub mod server;

@@ -1,0 +1,302 @@
+//! Events in (`POST /api/v1/events`, the protocol's `POST /e/{key}`) and out (listing).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use flowforge_domain::event::EventSource;
+use flowforge_engine::NewIncomingEvent;
+use flowforge_engine::ingest::{self, IngestError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, Page, page_limit};
+use crate::caller::Caller;
+use crate::error::ApiError;
+
+/// Events per request at most.
+pub const MAX_EVENTS_PER_REQUEST: usize = 5_000;
+const MAX_NAME_LEN: usize = 256;
+const MAX_ID_LEN: usize = 256;
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        let mut error = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes (FLOWFORGE_MAX_EVENT_BYTES)"),
+        );
+        error.body.field = Some("body".into());
+        error
+    })
+}
+
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid_field("body", format!("the body is not valid JSON: {e}")))
+}
+
+/// Validates one event or an array of them.
+pub fn parse_events(body: Value) -> Result<Vec<NewIncomingEvent>, ApiError> {
+    let (items, single) = match body {
+        Value::Array(items) => (items, false),
+        item @ Value::Object(_) => (vec![item], true),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "body",
+                "send an event object or an array of events",
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_field("body", "the array holds no events"));
+    }
+    if items.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!("at most {MAX_EVENTS_PER_REQUEST} events per request"),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = |name: &str| if single { name.to_owned() } else { format!("[{i}].{name}") };
+            let Value::Object(mut event) = item else {
+                return Err(ApiError::invalid_field(field("event"), "an event must be a JSON object"));
+            };
+            let name = match event.remove("name") {
+                Some(Value::String(name)) if !name.trim().is_empty() => name,
+                Some(Value::String(_)) | None => return Err(ApiError::invalid_field(field("name"), "an event needs a non-empty name")),
+                Some(_) => return Err(ApiError::invalid_field(field("name"), "the name must be a string")),
+            };
+            if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+                return Err(ApiError::invalid_field(
+                    field("name"),
+                    format!("the name must be at most {MAX_NAME_LEN} characters without control characters"),
+                ));
+            }
+            let data = match event.remove("data") {
+                None | Some(Value::Null) => json!({}),
+                Some(data @ Value::Object(_)) => data,
+                Some(_) => return Err(ApiError::invalid_field(field("data"), "data must be a JSON object")),
+            };
+            let id = match event.remove("id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) if id.len() <= MAX_ID_LEN => Some(id),
+                Some(Value::String(_)) => return Err(ApiError::invalid_field(field("id"), format!("the id must be at most {MAX_ID_LEN} characters"))),
+                Some(_) => return Err(ApiError::invalid_field(field("id"), "the id must be a string")),
+            };
+            let ts = match event.remove("ts") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => match n.as_i64() {
+                    Some(ts) if ts >= 0 => Some(ts),
+                    _ => return Err(ApiError::invalid_field(field("ts"), "ts must be a non-negative integer (milliseconds since the Unix epoch)")),
+                },
+                Some(_) => return Err(ApiError::invalid_field(field("ts"), "ts must be an integer (milliseconds since the Unix epoch)")),
+            };
+            let user = match event.remove("user") {
+                None | Some(Value::Null) => None,
+                Some(user @ Value::Object(_)) => Some(user),
+                Some(_) => return Err(ApiError::invalid_field(field("user"), "user must be a JSON object")),
+            };
+            let v = match event.remove("v") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(v)) => Some(v),
+                Some(_) => return Err(ApiError::invalid_field(field("v"), "v must be a string")),
+            };
+            Ok(NewIncomingEvent { id, name, data, ts, user, v })
+        })
+        .collect()
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::Unavailable(message) => ApiError::unavailable(message),
+            IngestError::Failed(message) => ApiError::internal(message),
+        }
+    }
+}
+
+async fn ingest_body(
+    state: &AppState,
+    caller: &Caller,
+    body: Body,
+    source: EventSource,
+) -> Result<Vec<String>, ApiError> {
+    let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
+    let events = parse_events(parse_json(&bytes)?)?;
+    Ok(ingest::record(state.engine()?, &caller.metadata(), events, source).await?)
+}
+
+/// `POST /api/v1/events`: one event or an array; answers their ids.
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let ids = ingest_body(&state, &caller, body, EventSource::Api).await?;
+    Ok(Json(json!({ "ids": ids, "status": 200 })))
+}
+
+/// `POST /e/{key}`: the SDK protocol's event endpoint.
+pub async fn send_with_key(
+    State(state): State<AppState>,
+    Path(_key): Path<String>,
+    caller: Caller,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let ids = ingest_body(&state, &caller, body, EventSource::EventKey).await?;
+    Ok(Json(json!({ "ids": ids, "status": 200 })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListEvents {
+    pub name: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+fn event_json(row: &flowforge_projections::events::EventRow) -> Value {
+    json!({
+        "id": row.id,
+        "name": row.name,
+        "data": serde_json::from_str::<Value>(&row.data).unwrap_or(Value::Null),
+        "ts": row.ts,
+        "received_at": chrono::DateTime::from_timestamp_millis(row.received_at).map(|t| t.to_rfc3339()),
+        "source": serde_json::from_str::<Value>(&row.source).unwrap_or(Value::Null),
+        "position": row.position,
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "stream_id, tenant_id, id, name, data, ts, received_at, source, position";
+
+/// `GET /api/v1/events`: newest first, cursor-paginated.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListEvents>,
+) -> Result<Json<Page>, ApiError> {
+    use flowforge_projections::document::Document;
+    let limit = page_limit(query.limit)?;
+    let (before_at, before_key) = super::parse_cursor(query.cursor.as_deref())?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 \
+           AND ($2 IS NULL OR name = $2) \
+           AND (received_at < $3 OR (received_at = $3 AND stream_id < $4)) \
+         ORDER BY received_at DESC, stream_id DESC LIMIT $5"
+    )))
+    .bind(caller.tenant())
+    .bind(query.name.as_deref())
+    .bind(before_at)
+    .bind(before_key)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(state.platform.read_db.pool())
+    .await
+    .map_err(ApiError::internal)?;
+    let rows: Vec<_> = rows
+        .iter()
+        .map(flowforge_projections::events::EventRow::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(Json(Page::new(rows, limit, event_json, |r| {
+        super::cursor(r.received_at, &r.stream_id)
+    })))
+}
+
+/// `GET /api/v1/events/{id}`: the event and the runs it triggered.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    use flowforge_projections::document::Document;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 ORDER BY received_at LIMIT 1"
+    )))
+    .bind(caller.tenant())
+    .bind(&id)
+    .fetch_optional(state.platform.read_db.pool())
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found(format!("no event `{id}`")))?;
+    let row =
+        flowforge_projections::events::EventRow::from_row(&row).map_err(ApiError::internal)?;
+    let runs = super::runs::runs_for_event(&state, caller.tenant(), &id).await?;
+    let mut body = event_json(&row);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("runs".into(), Value::Array(runs));
+    }
+    Ok(Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(error: ApiError) -> Option<String> {
+        error.body.field
+    }
+
+    #[test]
+    fn bad_events_name_the_field() {
+        assert_eq!(
+            field_of(parse_events(json!({"data": {}})).unwrap_err()).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "  "})).unwrap_err()).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": 5})).unwrap_err()).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "a", "data": [1]})).unwrap_err()).as_deref(),
+            Some("data")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "a", "ts": 1.5})).unwrap_err()).as_deref(),
+            Some("ts")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "a", "ts": -1})).unwrap_err()).as_deref(),
+            Some("ts")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "a", "id": 7})).unwrap_err()).as_deref(),
+            Some("id")
+        );
+        assert_eq!(
+            field_of(parse_events(json!([{"name": "a"}, {"name": ""}])).unwrap_err()).as_deref(),
+            Some("[1].name")
+        );
+        assert_eq!(
+            field_of(parse_events(json!([])).unwrap_err()).as_deref(),
+            Some("body")
+        );
+        assert_eq!(
+            field_of(parse_events(json!("x")).unwrap_err()).as_deref(),
+            Some("body")
+        );
+        assert_eq!(
+            field_of(parse_events(json!({"name": "a\u{0}b"})).unwrap_err()).as_deref(),
+            Some("name")
+        );
+    }
+
+    #[test]
+    fn good_events_are_normalised() {
+        let events = parse_events(
+            json!([{"name": "a"}, {"name": "b", "data": {"x": 1}, "id": "k", "ts": 5}]),
+        )
+        .unwrap();
+        assert_eq!(events[0].data, json!({}));
+        assert_eq!(events[1].id.as_deref(), Some("k"));
+        assert_eq!(events[1].ts, Some(5));
+    }
+}

@@ -1,0 +1,510 @@
+//! Durable execution end to end: the real server on a random port, a real app written
+//! with the Rust SDK on another, HTTP between them, on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use flowforge_sdk::{App, Error, Function, WaitOptions};
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::server::{Api, SdkApp, TestServer};
+use serde_json::{Value, json};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Counters {
+    flaky: AtomicU32,
+    fatal: AtomicU32,
+    left: AtomicU32,
+}
+
+fn app(server_url: String, serve_url: String, counters: Arc<Counters>) -> App {
+    let flaky_counter = counters.clone();
+    let fatal_counter = counters.clone();
+    let left_counter = counters;
+    App::new("e2e", server_url, serve_url)
+        .function(Function::new("steps").trigger_event("e2e/steps").handler(
+            |ctx, step| async move {
+                let a: i64 = step.run("a", || async { Ok::<_, Error>(1) }).await?;
+                step.sleep("nap", Duration::from_millis(1_200)).await?;
+                let b: i64 = step
+                    .run("b", move || async move { Ok::<_, Error>(a + 1) })
+                    .await?;
+                Ok(json!({"a": a, "b": b, "n": ctx.event["data"]["n"]}))
+            },
+        ))
+        .function(Function::new("wait").trigger_event("e2e/order").handler(
+            |ctx, step| async move {
+                let seconds = ctx.event["data"]["timeout_s"].as_u64().unwrap_or(30);
+                let shipped = step
+                    .wait_for_event(
+                        "shipped",
+                        "e2e/shipped",
+                        WaitOptions::timeout(Duration::from_secs(seconds))
+                            .matching("data.order_id"),
+                    )
+                    .await?;
+                Ok(json!({"carrier": shipped.map(|e| e["data"]["carrier"].clone())}))
+            },
+        ))
+        .function(Function::new("parent").trigger_event("e2e/parent").handler(
+            |_ctx, step| async move {
+                let child: Value = step
+                    .invoke(
+                        "call-child",
+                        "e2e-child",
+                        json!({"x": 20}),
+                        Some(Duration::from_secs(60)),
+                    )
+                    .await?;
+                Ok(json!({"child": child}))
+            },
+        ))
+        .function(
+            Function::new("child")
+                .trigger_event("e2e/never-sent")
+                .handler(|ctx, step| async move {
+                    let x = ctx.event["data"]["x"].as_i64().unwrap_or(0);
+                    let doubled: i64 = step
+                        .run("double", move || async move { Ok::<_, Error>(x * 2) })
+                        .await?;
+                    Ok(json!(doubled + 2))
+                }),
+        )
+        .function(Function::new("sender").trigger_event("e2e/send").handler(
+            |ctx, step| async move {
+                let ids = step
+                    .send_event(
+                        "ping",
+                        vec![json!({"name": "e2e/pinged", "data": {"from": ctx.run_id}})],
+                    )
+                    .await?;
+                Ok(json!({"sent": ids}))
+            },
+        ))
+        .function(
+            Function::new("pinged")
+                .trigger_event("e2e/pinged")
+                .handler(
+                    |ctx, _step| async move { Ok(json!({"from": ctx.event["data"]["from"]})) },
+                ),
+        )
+        .function(
+            Function::new("parallel")
+                .trigger_event("e2e/parallel")
+                .handler(move |_ctx, step| {
+                    let left_counter = left_counter.clone();
+                    async move {
+                        let (left, right) = tokio::join!(
+                            step.run("left", move || async move {
+                                left_counter.left.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, Error>(10)
+                            }),
+                            step.run("right", || async { Ok::<_, Error>(32) }),
+                        );
+                        let (left, right): (i64, i64) = (left?, right?);
+                        let sum: i64 = step
+                            .run("sum", move || async move { Ok::<_, Error>(left + right) })
+                            .await?;
+                        Ok(json!(sum))
+                    }
+                }),
+        )
+        .function(
+            Function::new("flaky")
+                .trigger_event("e2e/flaky")
+                .retries(3)
+                .handler(move |_ctx, step| {
+                    let counters = flaky_counter.clone();
+                    async move {
+                        let attempt: u32 = step
+                            .run("flaky-step", move || async move {
+                                let n = counters.flaky.fetch_add(1, Ordering::SeqCst) + 1;
+                                if n < 3 {
+                                    Err(Error::msg(format!("attempt {n} failed")))
+                                } else {
+                                    Ok(n)
+                                }
+                            })
+                            .await?;
+                        Ok(json!({"succeeded_on": attempt}))
+                    }
+                }),
+        )
+        .function(
+            Function::new("fatal")
+                .trigger_event("e2e/fatal")
+                .retries(3)
+                .handler(move |_ctx, step| {
+                    let counters = fatal_counter.clone();
+                    async move {
+                        let _: i64 = step
+                            .run("validate", move || async move {
+                                counters.fatal.fetch_add(1, Ordering::SeqCst);
+                                Err(Error::non_retriable("the order has no items"))
+                            })
+                            .await?;
+                        Ok(json!("unreachable"))
+                    }
+                }),
+        )
+        .function(
+            Function::new("sleeper")
+                .trigger_event("e2e/sleeper")
+                .cancel_on("e2e/stop", Some("event.data.id == async.data.id"))
+                .handler(|_ctx, step| async move {
+                    step.sleep("long", Duration::from_secs(3_600)).await?;
+                    Ok(json!("woke"))
+                }),
+        )
+}
+
+struct Env {
+    api: Api,
+    counters: Arc<Counters>,
+    _app: SdkApp,
+    _server: TestServer,
+}
+
+async fn env(backend: &TestBackend) -> Env {
+    let server = TestServer::start(backend).await;
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    let app = SdkApp::start(&server.url, move |server_url, serve_url| {
+        app(server_url, serve_url, c)
+    })
+    .await;
+    Env {
+        api: Api::new(server.url.clone()),
+        counters,
+        _app: app,
+        _server: server,
+    }
+}
+
+async fn run_for(api: &Api, event: &str, data: Value) -> String {
+    let id = api.send(event, data).await;
+    api.runs_of_event(&id, 1, RUN_TIMEOUT).await.remove(0)
+}
+
+/// No step was recorded completed twice, and every recorded event of the run is in order.
+async fn assert_each_step_completed_once(api: &Api, run_id: &str) {
+    let (status, events) = api.get(&format!("/api/v1/runs/{run_id}/events")).await;
+    assert_eq!(status, 200);
+    let mut completed: HashMap<String, u32> = HashMap::new();
+    let items = events["items"].as_array().unwrap();
+    for (i, e) in items.iter().enumerate() {
+        assert_eq!(e["stream_version"], json!(i + 1), "versions are contiguous");
+        if e["event_type"] == "run.step_completed" {
+            *completed
+                .entry(e["payload"]["step_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        completed.values().all(|n| *n == 1),
+        "a step completed twice: {completed:?}"
+    );
+}
+
+async fn a_multi_step_function_with_a_sleep_completes(backend: TestBackend) {
+    let env = env(&backend).await;
+    let started = Instant::now();
+    let run_id = run_for(&env.api, "e2e/steps", json!({"n": 7})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"a": 1, "b": 2, "n": 7}));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_200),
+        "the sleep was honoured"
+    );
+    let steps = run["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["a", "nap", "b"]);
+    assert_eq!(steps[1]["kind"], "sleep");
+    assert!(steps.iter().all(|s| s["status"] == "completed"));
+    assert_each_step_completed_once(&env.api, &run_id).await;
+}
+
+async fn a_wait_resumes_with_the_matching_event(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/order", json!({"order_id": "o-1"})).await;
+    env.api
+        .run_until(&run_id, RUN_TIMEOUT, |r| {
+            r["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
+        })
+        .await;
+    // An event for another order does not match; the right one does.
+    env.api
+        .send(
+            "e2e/shipped",
+            json!({"order_id": "o-2", "carrier": "wrong"}),
+        )
+        .await;
+    env.api
+        .send("e2e/shipped", json!({"order_id": "o-1", "carrier": "UPS"}))
+        .await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"carrier": "UPS"}));
+    assert_each_step_completed_once(&env.api, &run_id).await;
+}
+
+async fn a_wait_that_times_out_resumes_with_nothing(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(
+        &env.api,
+        "e2e/order",
+        json!({"order_id": "o-3", "timeout_s": 1}),
+    )
+    .await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"carrier": null}));
+}
+
+async fn an_invoke_returns_the_child_result(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/parent", json!({})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"child": 42}));
+    let child = run["steps"][0]["invoked"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child_run = env.api.finished_run(&child, RUN_TIMEOUT).await;
+    assert_eq!(child_run["parent"]["run_id"], json!(run_id));
+    assert_eq!(child_run["event"]["name"], "inngest/function.invoked");
+}
+
+async fn send_event_triggers_another_function_exactly_once(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/send", json!({})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let sent = run["output"]["sent"][0].as_str().unwrap().to_owned();
+    let triggered = env.api.runs_of_event(&sent, 1, RUN_TIMEOUT).await;
+    let pinged = env.api.finished_run(&triggered[0], RUN_TIMEOUT).await;
+    assert_eq!(pinged["output"], json!({"from": run_id}));
+    let (_, event) = env.api.get(&format!("/api/v1/events/{sent}")).await;
+    assert_eq!(event["name"], "e2e/pinged");
+    assert_eq!(event["runs"].as_array().unwrap().len(), 1);
+}
+
+async fn parallel_steps_run_once_each(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/parallel", json!({})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!(42));
+    assert_eq!(
+        env.counters.left.load(Ordering::SeqCst),
+        1,
+        "the left branch ran exactly once"
+    );
+    let (_, events) = env.api.get(&format!("/api/v1/runs/{run_id}/events")).await;
+    let planned = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "run.steps_planned")
+        .expect("planned");
+    assert_eq!(
+        planned["payload"]["steps"].as_array().unwrap().len(),
+        2,
+        "both branches were planned together"
+    );
+    assert_each_step_completed_once(&env.api, &run_id).await;
+}
+
+async fn a_failing_step_is_retried_until_it_succeeds(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/flaky", json!({})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"succeeded_on": 3}));
+    let attempts = run["steps"][0]["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "two failed attempts are recorded: {attempts:?}"
+    );
+    assert_eq!(attempts[0]["error"]["message"], "attempt 1 failed");
+    assert_eq!(attempts[1]["attempt"], 2);
+    assert_each_step_completed_once(&env.api, &run_id).await;
+}
+
+async fn a_non_retriable_failure_fails_the_run_at_once(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/fatal", json!({})).await;
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["message"], "the order has no items");
+    assert_eq!(env.counters.fatal.load(Ordering::SeqCst), 1, "not retried");
+    // Other functions can react to the failure.
+    let (_, page) = env
+        .api
+        .get("/api/v1/events?name=flowforge/function.failed")
+        .await;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let mut found = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["data"]["run_id"] == json!(run_id));
+    while !found {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no function.failed event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, page) = env
+            .api
+            .get("/api/v1/events?name=flowforge/function.failed")
+            .await;
+        found = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["run_id"] == json!(run_id));
+    }
+}
+
+async fn runs_can_be_cancelled_by_the_api_and_by_an_event(backend: TestBackend) {
+    let env = env(&backend).await;
+    let by_api = run_for(&env.api, "e2e/sleeper", json!({"id": "a"})).await;
+    let by_event = run_for(&env.api, "e2e/sleeper", json!({"id": "b"})).await;
+    for run_id in [&by_api, &by_event] {
+        env.api
+            .run_until(run_id, RUN_TIMEOUT, |r| {
+                r["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["status"] == "sleeping"))
+            })
+            .await;
+    }
+    let (status, body) = env
+        .api
+        .post(&format!("/api/v1/runs/{by_api}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    env.api.send("e2e/stop", json!({"id": "b"})).await;
+    let a = env.api.finished_run(&by_api, RUN_TIMEOUT).await;
+    let b = env.api.finished_run(&by_event, RUN_TIMEOUT).await;
+    assert_eq!(a["status"], "cancelled");
+    assert_eq!(b["status"], "cancelled");
+    assert!(b["cancel_reason"].as_str().unwrap().contains("e2e/stop"));
+    let (status, body) = env
+        .api
+        .post(&format!("/api/v1/runs/{by_api}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "cancelling twice: {body}");
+}
+
+async fn a_replay_runs_again_from_the_same_event(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/parallel", json!({})).await;
+    env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    let (status, body) = env
+        .api
+        .post(&format!("/api/v1/runs/{run_id}/replay"), &json!({}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let replay = body["id"].as_str().unwrap().to_owned();
+    assert_ne!(replay, run_id);
+    let run = env.api.finished_run(&replay, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["output"], json!(42));
+    assert_eq!(run["replay_of"], json!(run_id));
+    assert_eq!(
+        env.counters.left.load(Ordering::SeqCst),
+        2,
+        "the replay ran the steps again"
+    );
+}
+
+async fn bad_requests_get_typed_errors(backend: TestBackend) {
+    let env = env(&backend).await;
+    let (status, body) = env.api.post("/api/v1/events", &json!({"data": {}})).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("name")),
+        "{body}"
+    );
+    let (status, body) = env
+        .api
+        .post_raw("/api/v1/events", b"{not json".to_vec())
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("body")),
+        "{body}"
+    );
+    let big = json!({"name": "e2e/big", "data": {"blob": "x".repeat(600 * 1024)}});
+    let (status, body) = env.api.post("/api/v1/events", &big).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    let (status, body) = env.api.get("/api/v1/runs/not-a-uuid").await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{body}"
+    );
+    let (status, _) = env
+        .api
+        .get(&format!("/api/v1/runs/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = env.api.get("/api/v1/runs?status=sideways").await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("status")),
+        "{body}"
+    );
+    // The same event id twice is accepted once and runs once.
+    let first = env
+        .api
+        .post(
+            "/api/v1/events",
+            &json!({"name": "e2e/parallel", "id": "dup-1"}),
+        )
+        .await;
+    let second = env
+        .api
+        .post(
+            "/api/v1/events",
+            &json!({"name": "e2e/parallel", "id": "dup-1"}),
+        )
+        .await;
+    assert_eq!(first.1["ids"], json!(["dup-1"]));
+    assert_eq!(second.1["ids"], json!(["dup-1"]));
+    let runs = env.api.runs_of_event("dup-1", 1, RUN_TIMEOUT).await;
+    env.api.finished_run(&runs[0], RUN_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, page) = env.api.get("/api/v1/runs?event=dup-1").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+}
+
+flowforge_tests::on_both_backends!(
+    a_multi_step_function_with_a_sleep_completes,
+    a_wait_resumes_with_the_matching_event,
+    a_wait_that_times_out_resumes_with_nothing,
+    an_invoke_returns_the_child_result,
+    send_event_triggers_another_function_exactly_once,
+    parallel_steps_run_once_each,
+    a_failing_step_is_retried_until_it_succeeds,
+    a_non_retriable_failure_fails_the_run_at_once,
+    runs_can_be_cancelled_by_the_api_and_by_an_event,
+    a_replay_runs_again_from_the_same_event,
+    bad_requests_get_typed_errors,
+);
