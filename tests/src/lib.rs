@@ -24,4 +24,5 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
 
 pub mod backend;
 pub mod fixtures;
+pub mod python;
 pub mod server;
