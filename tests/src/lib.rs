@@ -24,5 +24,6 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
 
 pub mod backend;
 pub mod fixtures;
+pub mod process;
 pub mod python;
 pub mod server;
