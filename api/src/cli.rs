@@ -34,6 +34,13 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Send an event to a running server.
+    Send(crate::client_cli::SendArgs),
+    /// List, show, cancel and replay runs on a running server.
+    Runs {
+        #[command(subcommand)]
+        command: crate::client_cli::RunsCommand,
+    },
     /// Measure FlowForge on this machine.
     Bench {
         #[command(subcommand)]
@@ -245,6 +252,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { command } => projections(command).await,
+        Command::Send(args) => crate::client_cli::send(args).await,
+        Command::Runs { command } => crate::client_cli::runs(command).await,
         Command::Bench { command } => match command {
             BenchCommand::Store(args) => crate::bench::store::run(args).await,
         },

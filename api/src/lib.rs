@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod caller;
 pub mod cli;
+mod client_cli;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -86,3 +86,78 @@ fn migrate_then_status_on_an_empty_embedded_store() {
             .contains("unknown projection `nonesuch`; known: runs, streams, events")
     );
 }
+
+#[test]
+fn send_and_runs_talk_to_a_running_dev_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = flowforge()
+        .args(["dev", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flowforge dev did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cli = |args: &[&str]| {
+        flowforge()
+            .args(args)
+            .env("FLOWFORGE_URL", &url)
+            .output()
+            .unwrap()
+    };
+
+    let sent = cli(&[
+        "send",
+        "order/created",
+        "-d",
+        r#"{"order_id": "123", "total": 99.99}"#,
+        "--id",
+        "cli-1",
+    ]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        "sent order/created as cli-1"
+    );
+
+    let bad = cli(&["send", "order/created", "-d", "[1, 2]"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("data: data must be a JSON object"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let listed = cli(&["runs", "list", "--json"]);
+    assert!(listed.status.success());
+    let page: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        page["items"],
+        serde_json::json!([]),
+        "no function is registered, so no run"
+    );
+
+    let missing = cli(&["runs", "show", "not-a-run"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("400 Bad Request: id:"));
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
