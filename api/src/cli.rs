@@ -183,6 +183,8 @@ enum ProjectionsCommand {
 enum BenchCommand {
     /// Event-log and projection throughput and latency, per backend.
     Store(crate::bench::store::StoreBenchArgs),
+    /// Durable runs end to end (the peers' 3-step workload), per backend.
+    Runs(crate::bench::runs::RunsBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -256,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { command } => crate::client_cli::runs(command).await,
         Command::Bench { command } => match command {
             BenchCommand::Store(args) => crate::bench::store::run(args).await,
+            BenchCommand::Runs(args) => crate::bench::runs::run(args).await,
         },
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use flowforge_engine::{Engine, EngineContext, InProcessQueue};
 use flowforge_projections::{Projection, ProjectionRunner, ReadDb, all_projections};
 use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
-use flowforge_store::sqlite::{Durability, SqliteConfig, SqliteEventStore};
+use flowforge_store::sqlite::{SqliteConfig, SqliteEventStore};
 use flowforge_store::{EventStore, Upcasters};
 use tokio::task::JoinHandle;
 
@@ -57,10 +57,11 @@ impl Platform {
                 let store = SqliteEventStore::open(&sqlite, upcasters())
                     .await
                     .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
-                let read_db =
-                    ReadDb::open_sqlite(&data_dir.join("read.db"), *durability == Durability::Full)
-                        .await
-                        .context("opening the read-model database")?;
+                // Read models are rebuildable and checkpointed atomically with their rows:
+                // no fsync per commit (see ReadDb::open_sqlite).
+                let read_db = ReadDb::open_sqlite(&data_dir.join("read.db"), false)
+                    .await
+                    .context("opening the read-model database")?;
                 (Arc::new(store), read_db)
             }
         };

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use flowforge_commands::{CommandError, Loaded};
-use flowforge_domain::run::{CallOutcome, Run, RunCommand, RunError, StepError};
+use flowforge_domain::run::{CallOutcome, Run, RunCommand, RunError, RunState, StepError};
 use flowforge_domain::{Actor, EventMetadata, TenantId};
 use uuid::Uuid;
 
@@ -26,15 +26,54 @@ pub async fn work(context: Arc<EngineContext>, worker: usize) {
             }
         };
         let job = delivery.job.clone();
-        let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
-        let _guard = span.enter();
-        execute(&context, &job).await;
+        let next = execute(&context, &job).await;
         delivery.ack().await;
+        continue_run(&context, next).await;
+    }
+}
+
+/// Calls in a row one worker makes for one run before it goes back to the queue (so a
+/// long run cannot hold a worker while other tenants wait).
+const MAX_CONTINUATIONS: usize = 16;
+
+/// The fast path: the worker that just committed a call's outcome runs the run's next
+/// call itself if it is due now, instead of waiting for the scheduler to read the
+/// outcome back from the log and queue it. It claims the job first, so the scheduler's
+/// dispatch of the same job (which still happens: the log stays the source of work)
+/// is a no-op.
+async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<RunState>)>) {
+    for _ in 0..MAX_CONTINUATIONS {
+        let Some((previous, loaded)) = next.take() else {
+            return;
+        };
+        let now = Utc::now();
+        let Some((target, due)) = loaded
+            .state
+            .due
+            .iter()
+            .find(|(_, due)| due.not_before.is_none_or(|t| t <= now))
+        else {
+            return;
+        };
+        let job = Job {
+            tenant: previous.tenant.clone(),
+            run_id: previous.run_id,
+            target: target.clone(),
+            token: due.token,
+        };
+        if !context.queue.claim(&job) {
+            return;
+        }
+        next = execute(context, &job).await;
+        context.queue.release(&job);
     }
 }
 
 /// Makes the call a job names, if the run still wants it, and records the outcome.
-pub async fn execute(context: &EngineContext, job: &Job) {
+/// Returns the run's state after the outcome when this worker recorded it.
+pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<RunState>)> {
+    let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
+    let _guard = span.enter();
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let loaded = match context.cache.get(job.run_id) {
         Some(loaded) => loaded,
@@ -42,7 +81,7 @@ pub async fn execute(context: &EngineContext, job: &Job) {
             Ok(loaded) => loaded,
             Err(error) => {
                 tracing::warn!(run_id = %job.run_id, %error, "cannot load the run; the job will be derived again");
-                return;
+                return None;
             }
         },
     };
@@ -53,14 +92,12 @@ pub async fn execute(context: &EngineContext, job: &Job) {
         .filter(|d| d.token == job.token)
         .cloned()
     else {
-        return; // stale: the run moved on
+        return None; // stale: the run moved on
     };
     if due.not_before.is_some_and(|t| t > Utc::now()) {
-        return; // early: its timer queues it again when it is due
+        return None; // early: its timer queues it again when it is due
     }
-    let Some(function_ref) = loaded.state.function.clone() else {
-        return;
-    };
+    let function_ref = loaded.state.function.clone()?;
     let function =
         context
             .registry
@@ -82,7 +119,9 @@ pub async fn execute(context: &EngineContext, job: &Job) {
         Some(function) => call_app(context, &loaded, &function.spec.url, job, due.attempt).await,
     };
     let finished_at = Utc::now();
-    record(context, job, loaded, outcome, started_at, finished_at).await;
+    record(context, job, loaded, outcome, started_at, finished_at)
+        .await
+        .map(|state| (job.clone(), state))
 }
 
 async fn call_app(
@@ -187,11 +226,11 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String
 async fn record(
     context: &EngineContext,
     job: &Job,
-    loaded: Loaded<flowforge_domain::run::RunState>,
+    loaded: Loaded<RunState>,
     outcome: CallOutcome,
     started_at: chrono::DateTime<Utc>,
     finished_at: chrono::DateTime<Utc>,
-) {
+) -> Option<Loaded<RunState>> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"));
     let mut backoff = std::time::Duration::from_millis(50);
@@ -211,10 +250,15 @@ async fn record(
             Ok(handled) => {
                 context
                     .cache
-                    .put(job.run_id, handled.state, handled.stream_version);
-                return;
+                    .put(job.run_id, handled.state.clone(), handled.stream_version);
+                return Some(Loaded {
+                    state: handled.state,
+                    version: handled.stream_version,
+                });
             }
-            Err(CommandError::Domain(RunError::StaleCall { .. } | RunError::Finished(_))) => return,
+            Err(CommandError::Domain(RunError::StaleCall { .. } | RunError::Finished(_))) => {
+                return None;
+            }
             Err(CommandError::Store(e)) if e.is_transient() => {
                 // The app has answered; keep trying to record it rather than calling again.
                 tracing::warn!(run_id = %job.run_id, error = %e, "cannot record a call yet; retrying");
@@ -223,7 +267,7 @@ async fn record(
             }
             Err(error) => {
                 tracing::error!(run_id = %job.run_id, %error, "cannot record a call");
-                return;
+                return None;
             }
         }
     }

@@ -119,6 +119,49 @@ pub struct EngineContext {
     pub config: EngineConfig,
 }
 
+impl EngineContext {
+    /// The functions an incoming event starts a run of: every current function with a
+    /// matching event trigger (and expression), or the cron function that fired.
+    pub fn functions_for(
+        &self,
+        tenant: &str,
+        received: &flowforge_domain::event::EventReceived,
+        event_json: &serde_json::Value,
+    ) -> Vec<flowforge_domain::app::FunctionVersion> {
+        use flowforge_domain::event::EventSource;
+        let mut functions: Vec<flowforge_domain::app::FunctionVersion> = match &received.source {
+            EventSource::Cron { function_id } => self.registry.current(tenant, function_id).into_iter().collect(),
+            _ => self
+                .registry
+                .triggered_by(tenant, &received.name)
+                .into_iter()
+                .filter(|(function, expression)| {
+                    // A function is never triggered by the announcement of its own end.
+                    let about = received.data.get("function_id").and_then(serde_json::Value::as_str);
+                    let announces_an_end =
+                        received.name.ends_with("/function.finished") || received.name.ends_with("/function.failed");
+                    if announces_an_end && about == Some(function.spec.id.as_str()) {
+                        return false;
+                    }
+                    match expression {
+                        None => true,
+                        Some(expression) => match self.expressions.matches(expression, event_json, None) {
+                            Ok(matched) => matched,
+                            Err(error) => {
+                                tracing::warn!(function = %function.spec.id, %error, "trigger expression failed");
+                                false
+                            }
+                        },
+                    }
+                })
+                .map(|(function, _)| function)
+                .collect(),
+        };
+        functions.dedup_by(|a, b| a.spec.id == b.spec.id);
+        functions
+    }
+}
+
 pub struct Engine {
     pub context: Arc<EngineContext>,
     tasks: Vec<JoinHandle<()>>,

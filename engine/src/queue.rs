@@ -57,6 +57,15 @@ pub trait WorkQueue: Send + Sync + 'static {
     async fn dequeue(&self) -> Result<Delivery, QueueError>;
     /// Jobs waiting per tenant (for metrics and tests).
     fn depth(&self) -> HashMap<String, usize>;
+    /// Marks a job as taken by the caller, who will run it at once, so that queueing
+    /// it again (the scheduler derives the same job from the log) is a no-op until
+    /// [`WorkQueue::release`]. Returns false if the job is already queued or taken.
+    /// Queues that cannot do this (across processes) always return false.
+    fn claim(&self, _job: &Job) -> bool {
+        false
+    }
+    /// Ends a claim.
+    fn release(&self, _job: &Job) {}
     fn name(&self) -> &'static str;
 }
 
@@ -173,6 +182,19 @@ impl WorkQueue for InProcessQueue {
     fn name(&self) -> &'static str {
         "in-process"
     }
+
+    fn claim(&self, job: &Job) -> bool {
+        self.state
+            .lock()
+            .map(|mut s| s.outstanding.insert(job.clone()))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, job: &Job) {
+        if let Ok(mut state) = self.state.lock() {
+            state.outstanding.remove(job);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +245,19 @@ mod tests {
         delivery.ack().await;
         queue.enqueue(job("t", 1)).await.unwrap();
         assert_eq!(queue.depth()["t"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_job_is_not_queued_until_released() {
+        let queue = InProcessQueue::new();
+        assert!(queue.claim(&job("t", 1)));
+        assert!(!queue.claim(&job("t", 1)), "claimed twice");
+        queue.enqueue(job("t", 1)).await.unwrap();
+        assert!(queue.depth().is_empty());
+        queue.release(&job("t", 1));
+        queue.enqueue(job("t", 1)).await.unwrap();
+        assert_eq!(queue.depth()["t"], 1);
+        assert!(!queue.claim(&job("t", 1)), "queued jobs cannot be claimed");
     }
 
     #[tokio::test]

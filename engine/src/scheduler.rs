@@ -101,6 +101,8 @@ pub struct Scheduler {
     processed: u64,
     saved_checkpoint: u64,
     start_position: u64,
+    /// Jobs derived but not yet handed to the queue.
+    to_enqueue: Vec<Job>,
 }
 
 fn metadata(tenant: &str) -> EventMetadata {
@@ -152,6 +154,7 @@ impl Scheduler {
             processed: checkpoint,
             saved_checkpoint: checkpoint,
             start_position: checkpoint,
+            to_enqueue: Vec::new(),
         };
         for (run_id, tenant) in active {
             let Ok(run_id) = run_id.parse::<Uuid>() else {
@@ -162,6 +165,7 @@ impl Scheduler {
             }
         }
         scheduler.schedule_crons();
+        scheduler.flush_enqueued().await;
         tracing::info!(
             active_runs = scheduler.runs.len(),
             checkpoint,
@@ -190,13 +194,17 @@ impl Scheduler {
                             self.processed = self.processed.max(position);
                         }
                         self.processed = self.processed.max(subscription.position());
+                        self.flush_enqueued().await;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "scheduler: reading the log failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                Some(timer) = self.fired.recv() => self.on_timer(timer).await,
+                Some(timer) = self.fired.recv() => {
+                    self.on_timer(timer).await;
+                    self.flush_enqueued().await;
+                }
                 Some(position) = self.done_rx.recv() => self.effect_done(position),
                 _ = checkpoint_tick.tick() => self.save_checkpoint().await,
             }
@@ -465,13 +473,17 @@ impl Scheduler {
         self.waits.retain(|_, waiters| !waiters.is_empty());
     }
 
-    fn enqueue(&self, job: Job) {
-        let queue = self.context.queue.clone();
-        tokio::spawn(async move {
-            if let Err(error) = queue.enqueue(job.clone()).await {
+    fn enqueue(&mut self, job: Job) {
+        self.to_enqueue.push(job);
+    }
+
+    /// Queues the jobs derived from the events just processed.
+    async fn flush_enqueued(&mut self) {
+        for job in std::mem::take(&mut self.to_enqueue) {
+            if let Err(error) = self.context.queue.enqueue(job.clone()).await {
                 tracing::error!(%error, run_id = %job.run_id, "cannot queue a call");
             }
-        });
+        }
     }
 
     /// A run finished: announce it, and resume the parent that invoked it.
@@ -743,35 +755,7 @@ impl Scheduler {
         let event_json = received.to_sdk_json();
 
         // 1. New runs.
-        let candidates: Vec<FunctionVersion> = match &received.source {
-            EventSource::Cron { function_id } => self.context.registry.current(&tenant, function_id).into_iter().collect(),
-            _ => self
-                .context
-                .registry
-                .triggered_by(&tenant, &received.name)
-                .into_iter()
-                .filter(|(function, expression)| {
-                    // A function is never triggered by the announcement of its own end.
-                    let about = received.data.get("function_id").and_then(Value::as_str);
-                    let announces_an_end =
-                        received.name.ends_with("/function.finished") || received.name.ends_with("/function.failed");
-                    if announces_an_end && about == Some(function.spec.id.as_str()) {
-                        return false;
-                    }
-                    match expression {
-                        None => true,
-                        Some(expression) => match self.context.expressions.matches(expression, &event_json, None) {
-                            Ok(matched) => matched,
-                            Err(error) => {
-                                tracing::warn!(function = %function.spec.id, %error, "trigger expression failed");
-                                false
-                            }
-                        },
-                    }
-                })
-                .map(|(function, _)| function)
-                .collect(),
-        };
+        let candidates = self.context.functions_for(&tenant, &received, &event_json);
         let mut seen = HashSet::new();
         for function in candidates {
             if !seen.insert(function.spec.id.clone()) {

@@ -44,6 +44,16 @@ impl ReadDb {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
+            // Read models are derived and their checkpoint commits in the same transaction
+            // as their rows: a crash can lose the last few commits only together, and the
+            // runner then simply applies those events again. So they need not wait for
+            // the WAL flush, which would otherwise cost a flush per projection per batch.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET synchronous_commit = off").await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         let db = Self {
@@ -55,6 +65,9 @@ impl ReadDb {
     }
 
     /// Opens (creating if needed) a SQLite read-model file and migrates it.
+    ///
+    /// `synchronous_full` = false (what FlowForge uses) commits without an fsync: safe
+    /// for read models, for the reason given in [`ReadDb::connect_postgres`].
     pub async fn open_sqlite(path: &Path, synchronous_full: bool) -> Result<Self, ProjectionError> {
         install_drivers();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -11,6 +11,8 @@ use crate::checkpoint::{self, ProjectionCheckpoint};
 use crate::{Projection, ProjectionError, ReadDb, Tables};
 
 const DEFAULT_BATCH: usize = 500;
+/// The most a projection waits to gather a larger batch (its added lag under light load).
+const COALESCE: Duration = Duration::from_millis(10);
 
 pub struct ProjectionRunner {
     db: ReadDb,
@@ -151,10 +153,16 @@ impl ProjectionRunner {
                 position
             );
             let _guard = span.enter();
+            let small = events.len() < self.batch_size / 4;
             match self.commit_batch(&active, &events, position).await? {
                 BatchOutcome::Committed => {
                     active.events_applied += events.len() as u64;
                     active.position = position;
+                    if small {
+                        // Under light load, let a few more events arrive so that one
+                        // transaction covers them instead of one per event.
+                        tokio::time::sleep(COALESCE).await;
+                    }
                 }
                 BatchOutcome::Moved(moved) => {
                     active = match moved {

@@ -495,7 +495,34 @@ async fn bad_requests_get_typed_errors(backend: TestBackend) {
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
 }
 
+async fn sending_and_waiting_answers_the_runs_outcomes(backend: TestBackend) {
+    let env = env(&backend).await;
+    let (status, body) = env
+        .api
+        .post(
+            "/api/v1/events?wait=true",
+            &json!({"name": "e2e/parallel", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true, "{body}");
+    assert_eq!(body["runs"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["runs"][0]["status"], "completed");
+    assert_eq!(body["runs"][0]["output"], json!(42));
+    // An event no function listens to has nothing to wait for.
+    let (status, body) = env
+        .api
+        .post("/api/v1/events?wait=true", &json!({"name": "e2e/nobody"}))
+        .await;
+    assert_eq!(
+        (status, body["runs"].as_array().unwrap().len()),
+        (200, 0),
+        "{body}"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    sending_and_waiting_answers_the_runs_outcomes,
     a_multi_step_function_with_a_sleep_completes,
     a_wait_resumes_with_the_matching_event,
     a_wait_that_times_out_resumes_with_nothing,

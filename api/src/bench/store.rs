@@ -112,7 +112,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn replace_database(url: &str, database: &str) -> String {
+pub(crate) fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = url
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));

@@ -131,14 +131,113 @@ async fn ingest_body(
     Ok(ingest::record(state.engine()?, &caller.metadata(), events, source).await?)
 }
 
-/// `POST /api/v1/events`: one event or an array; answers their ids.
+#[derive(Debug, Deserialize)]
+pub struct SendQuery {
+    /// Wait until every run the events start has finished, and answer their outcomes.
+    #[serde(default)]
+    pub wait: bool,
+    /// Seconds to wait at most (default 30, at most 300).
+    pub timeout: Option<u64>,
+}
+
+/// `POST /api/v1/events`: one event or an array; answers their ids (and, with
+/// `?wait=true`, the runs they started once those have finished).
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
+    Query(query): Query<SendQuery>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let ids = ingest_body(&state, &caller, body, EventSource::Api).await?;
-    Ok(Json(json!({ "ids": ids, "status": 200 })))
+    if !query.wait {
+        let ids = ingest_body(&state, &caller, body, EventSource::Api).await?;
+        return Ok(Json(json!({ "ids": ids, "status": 200 })));
+    }
+    let engine = state.engine()?;
+    let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
+    let events = parse_events(parse_json(&bytes)?)?;
+    // How many runs to expect, decided exactly as the scheduler decides.
+    let expected: usize = events
+        .iter()
+        .map(|e| {
+            let received = flowforge_domain::event::EventReceived {
+                id: e.id.clone().unwrap_or_default(),
+                name: e.name.clone(),
+                data: e.data.clone(),
+                ts: e.ts.unwrap_or_default(),
+                user: e.user.clone(),
+                v: e.v.clone(),
+                source: EventSource::Api,
+                received_at: chrono::Utc::now(),
+            };
+            engine
+                .functions_for(caller.tenant(), &received, &received.to_sdk_json())
+                .len()
+        })
+        .sum();
+    // Listen before recording, so no run can start and finish unseen.
+    let mut feed = engine.live.listen();
+    let ids = ingest::record(engine, &caller.metadata(), events, EventSource::Api).await?;
+    let timeout = std::time::Duration::from_secs(query.timeout.unwrap_or(30).clamp(1, 300));
+    let (runs, complete) =
+        match tokio::time::timeout(timeout, wait_for_runs(&mut feed, &ids, expected)).await {
+            Ok(runs) => (runs, true),
+            Err(_) => (Vec::new(), false),
+        };
+    Ok(Json(
+        json!({ "ids": ids, "status": 200, "complete": complete, "runs": runs }),
+    ))
+}
+
+/// Follows the live feed until `expected` runs started by the events `ids` have finished.
+async fn wait_for_runs(
+    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<flowforge_store::StoredEvent>>,
+    ids: &[String],
+    expected: usize,
+) -> Vec<Value> {
+    use flowforge_domain::run::RunEvent;
+    let mut started: std::collections::HashMap<String, Option<Value>> =
+        std::collections::HashMap::new();
+    while started.len() < expected || started.values().any(Option::is_none) {
+        let event = match feed.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        if event.stream_type != flowforge_domain::run::STREAM_TYPE {
+            continue;
+        }
+        let Ok(decoded) = event.decode::<RunEvent>() else {
+            continue;
+        };
+        let run_id = event.stream_id.trim_start_matches("run-").to_owned();
+        let outcome = match decoded {
+            RunEvent::Created(created) => {
+                let id = created
+                    .events
+                    .first()
+                    .and_then(|e| e.get("id"))
+                    .and_then(Value::as_str);
+                if id.is_some_and(|id| ids.iter().any(|i| i == id)) {
+                    started.entry(run_id).or_insert(None);
+                }
+                continue;
+            }
+            RunEvent::Completed(done) => {
+                json!({"id": run_id, "status": "completed", "output": done.output})
+            }
+            RunEvent::Failed(failed) => {
+                json!({"id": run_id, "status": "failed", "error": failed.error})
+            }
+            RunEvent::Cancelled(c) => {
+                json!({"id": run_id, "status": "cancelled", "reason": c.reason})
+            }
+            _ => continue,
+        };
+        if let Some(slot) = started.get_mut(&run_id) {
+            *slot = Some(outcome);
+        }
+    }
+    started.into_values().flatten().collect()
 }
 
 /// `POST /e/{key}`: the SDK protocol's event endpoint.

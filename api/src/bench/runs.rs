@@ -1,0 +1,349 @@
+//! `flowforge bench runs`: durable runs end to end, the workload of
+//! `shared/bench/peers/run.sh` (a function of 3 sequential steps, each returning its
+//! input + 1).
+//!
+//! The server is this binary started as a child process (`flowforge dev` on SQLite,
+//! `flowforge serve` on a throwaway PostgreSQL database), so that its peak RSS is its
+//! own. The app (Rust SDK) and the load generator share this process; everything
+//! talks HTTP over loopback. Two paths are measured:
+//! - `event`: `POST /api/v1/events?wait=true`: the event is recorded, routed to the
+//!   function, the run executes, the answer comes back when the run has finished;
+//! - `invoke`: `POST /api/v1/functions/{id}/invoke?wait=true` with body `0` and answer
+//!   `3`, the same request shape as the peers' load generator (no routing hop).
+//!
+//! Figures: sequential latency p50/p99 (after warm-up), throughput with concurrent
+//! clients (runs/s and steps/s), and the server's peak RSS.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flowforge_sdk::{App, Error as SdkError, Function};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use uuid::Uuid;
+
+#[derive(Args, Debug)]
+pub struct RunsBenchArgs {
+    /// `sqlite`, `postgres` or `both`.
+    #[arg(long, default_value = "both")]
+    backend: String,
+    /// `event`, `invoke` or `both`.
+    #[arg(long, default_value = "both")]
+    path: String,
+    #[arg(
+        long,
+        env = "FLOWFORGE_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg_url: String,
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, default_value_t = 200)]
+    seq: usize,
+    #[arg(long, default_value_t = 2_000)]
+    total: usize,
+    #[arg(long, default_value_t = 32)]
+    conc: usize,
+}
+
+fn emit(backend: &str, path: &str, metric: &str, value: f64, unit: &str) {
+    // The peers' format, so the lines sit beside theirs.
+    println!("peer=flowforge-{backend}-{path} metric={metric} value={value:.3} unit={unit}");
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn bench_app(server_url: String, serve_url: String) -> App {
+    App::new("bench", server_url, serve_url).function(
+        Function::new("run")
+            .trigger_event("bench/run")
+            .handler(|ctx, step| async move {
+                let v = ctx.event["data"]["input"].as_i64().unwrap_or(0);
+                let v: i64 = step
+                    .run("step1", move || async move { Ok::<_, SdkError>(v + 1) })
+                    .await?;
+                let v: i64 = step
+                    .run("step2", move || async move { Ok::<_, SdkError>(v + 1) })
+                    .await?;
+                let v: i64 = step
+                    .run("step3", move || async move { Ok::<_, SdkError>(v + 1) })
+                    .await?;
+                Ok(v)
+            }),
+    )
+}
+
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    async fn start(args: &[String], port: u16) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let child = std::process::Command::new(exe)
+            .args(args)
+            .args(["--port", &port.to_string()])
+            .env("FLOWFORGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the server")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if Instant::now() > deadline {
+                bail!("the server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, url })
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
+    let backends: Vec<&str> = match args.backend.as_str() {
+        "both" => vec!["sqlite", "postgres"],
+        b @ ("sqlite" | "postgres") => vec![b],
+        other => bail!("unknown backend `{other}`"),
+    };
+    let paths: Vec<&str> = match args.path.as_str() {
+        "both" => vec!["event", "invoke"],
+        p @ ("event" | "invoke") => vec![p],
+        other => bail!("unknown path `{other}`"),
+    };
+    for backend in backends {
+        match backend {
+            "sqlite" => {
+                let dir = std::env::temp_dir()
+                    .join(format!("flowforge-bench-runs-{}", Uuid::new_v4().simple()));
+                let server_args = vec![
+                    "dev".to_owned(),
+                    "--data-dir".to_owned(),
+                    dir.display().to_string(),
+                ];
+                let result = measure(&args, backend, &paths, &server_args).await;
+                // FLOWFORGE_BENCH_KEEP=1 keeps the data for inspection (e.g. per-event timings).
+                if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
+                    eprintln!("kept {}", dir.display());
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                result?;
+            }
+            _ => {
+                let name = format!("ff_bench_{}", Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&args.pg_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await?;
+                let url = super::store::replace_database(&args.pg_url, &name);
+                let server_args = vec![
+                    "serve".to_owned(),
+                    "--host".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    "--database-url".to_owned(),
+                    url,
+                ];
+                let result = measure(&args, backend, &paths, &server_args).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
+                    eprintln!("kept database {name}");
+                } else {
+                    admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await?;
+                }
+                result?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn measure(
+    args: &RunsBenchArgs,
+    backend: &str,
+    paths: &[&str],
+    server_args: &[String],
+) -> anyhow::Result<()> {
+    let server = Server::start(server_args, free_port()?).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let serve_url = format!("http://{}/api/flowforge", listener.local_addr()?);
+    let app = bench_app(server.url.clone(), serve_url);
+    let router = axum::Router::new().nest("/api/flowforge", app.router());
+    let app_task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    app.register()
+        .await
+        .map_err(|e| anyhow::anyhow!("registering the bench app: {e}"))?;
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.conc.max(1))
+        .tcp_nodelay(true)
+        .build()?;
+    for path in paths {
+        let call = caller(http.clone(), server.url.clone(), path);
+        for i in 0..args.warmup {
+            call(format!("w{i}")).await?;
+        }
+        let mut latencies = Vec::with_capacity(args.seq);
+        for i in 0..args.seq {
+            let started = Instant::now();
+            call(format!("s{i}")).await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        latencies.sort_by(f64::total_cmp);
+        emit(
+            backend,
+            path,
+            "seq_latency_p50",
+            percentile(&latencies, 50.0),
+            "ms",
+        );
+        emit(
+            backend,
+            path,
+            "seq_latency_p99",
+            percentile(&latencies, 99.0),
+            "ms",
+        );
+
+        let next = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for _ in 0..args.conc.max(1) {
+            let call = call.clone();
+            let next = next.clone();
+            let errors = errors.clone();
+            let total = args.total;
+            clients.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return;
+                    }
+                    if let Err(error) = call(format!("t{i}")).await
+                        && errors.fetch_add(1, Ordering::Relaxed) < 3
+                    {
+                        eprintln!("bench error: {error}");
+                    }
+                }
+            }));
+        }
+        for client in clients {
+            client.await?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let done = args.total - errors.load(Ordering::Relaxed);
+        emit(
+            backend,
+            path,
+            &format!("throughput_c{}", args.conc),
+            done as f64 / elapsed,
+            "wf/s",
+        );
+        emit(
+            backend,
+            path,
+            &format!("steps_per_second_c{}", args.conc),
+            3.0 * done as f64 / elapsed,
+            "steps/s",
+        );
+        emit(
+            backend,
+            path,
+            "throughput_errors",
+            errors.load(Ordering::Relaxed) as f64,
+            "count",
+        );
+    }
+    if let Some(rss) = server.peak_rss_mib() {
+        emit(backend, "server", "peak_rss", rss, "MiB");
+    }
+    app_task.abort();
+    Ok(())
+}
+
+type Call =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// One run, started and waited for over HTTP; checks the answer is 3.
+fn caller(http: reqwest::Client, base: String, path: &str) -> Call {
+    let event_path = path == "event";
+    Arc::new(move |key: String| {
+        let http = http.clone();
+        let base = base.clone();
+        Box::pin(async move {
+            let output = if event_path {
+                let body = json!({"name": "bench/run", "id": format!("{}-{key}", Uuid::new_v4().simple()), "data": {"input": 0}});
+                let answer: Value = http
+                    .post(format!("{base}/api/v1/events?wait=true"))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                answer["runs"][0]["output"].clone()
+            } else {
+                http.post(format!(
+                    "{base}/api/v1/functions/bench-run/invoke?wait=true"
+                ))
+                .header("content-type", "application/json")
+                .body("0")
+                .send()
+                .await?
+                .json()
+                .await?
+            };
+            if output != json!(3) {
+                bail!("wrong result {output}");
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
