@@ -16,6 +16,7 @@ use crate::config::{Config, Storage};
 pub struct Platform {
     pub config: Config,
     pub store: Arc<dyn EventStore>,
+    pub secrets: Arc<dyn flowforge_store::SecretStore>,
     pub read_db: ReadDb,
     pub projections: Vec<Arc<dyn Projection>>,
     engine: Option<Engine>,
@@ -31,7 +32,12 @@ impl Platform {
     /// Connects to (or creates) the log and the read-model database and runs their
     /// migrations. Starts nothing in the background.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
-        let (store, read_db): (Arc<dyn EventStore>, ReadDb) = match &config.storage {
+        type Stores = (
+            Arc<dyn EventStore>,
+            Arc<dyn flowforge_store::SecretStore>,
+            ReadDb,
+        );
+        let (store, secrets, read_db): Stores = match &config.storage {
             Storage::Postgres {
                 url,
                 max_connections,
@@ -46,7 +52,8 @@ impl Platform {
                 let read_db = ReadDb::connect_postgres(url, (*max_connections / 2).max(4))
                     .await
                     .context("opening the read-model database")?;
-                (Arc::new(store), read_db)
+                let store = Arc::new(store);
+                (store.clone(), store, read_db)
             }
             Storage::Sqlite {
                 data_dir,
@@ -62,12 +69,14 @@ impl Platform {
                 let read_db = ReadDb::open_sqlite(&data_dir.join("read.db"), false)
                     .await
                     .context("opening the read-model database")?;
-                (Arc::new(store), read_db)
+                let store = Arc::new(store);
+                (store.clone(), store, read_db)
             }
         };
         Ok(Self {
             config,
             store,
+            secrets,
             read_db,
             projections: all_projections(),
             engine: None,

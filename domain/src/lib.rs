@@ -13,6 +13,7 @@ pub mod event;
 pub mod metadata;
 pub mod run;
 pub mod trigger;
+pub mod webhook;
 
 pub use decider::{Decider, DomainEvent, EventDecodeError};
 pub use metadata::{Actor, ActorKind, EventMetadata, TenantId};

@@ -18,6 +18,7 @@ mod error;
 mod event;
 pub mod notifier;
 pub mod postgres;
+pub mod secrets;
 pub mod sqlite;
 mod subscription;
 pub mod upcast;
@@ -33,6 +34,7 @@ pub use event::{
     AppendOutcome, AppendedEvent, ExpectedVersion, LogFilter, LogPage, NewEvent, StoredEvent,
 };
 pub use notifier::HeadWatch;
+pub use secrets::SecretStore;
 pub use subscription::LogSubscription;
 pub use upcast::Upcasters;
 

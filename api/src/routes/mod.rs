@@ -4,6 +4,7 @@ pub mod apps;
 pub mod events;
 pub mod runs;
 pub mod system;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -49,6 +50,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/stream", get(runs::stream))
         .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{id}/replay", post(runs::replay))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::show).delete(webhooks::delete),
+        )
+        .route("/hooks/{id}", post(webhooks::deliver))
         .with_state(state)
 }
 
