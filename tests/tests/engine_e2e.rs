@@ -521,7 +521,48 @@ async fn sending_and_waiting_answers_the_runs_outcomes(backend: TestBackend) {
     );
 }
 
+async fn a_run_streams_its_events_live(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/steps", json!({"n": 1})).await;
+    // Subscribe while the run is still going (it sleeps 1.2 s); the stream replays what
+    // happened so far, then delivers the rest as it is committed, and ends with the run.
+    let response = env
+        .api
+        .http
+        .get(format!("{}/api/v1/runs/{run_id}/stream", env.api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(RUN_TIMEOUT, response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(types.first(), Some(&"run.created"));
+    assert_eq!(types.last(), Some(&"run.completed"));
+    assert_eq!(
+        types.iter().filter(|t| **t == "run.step_completed").count(),
+        3,
+        "{types:?}"
+    );
+    let versions: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=versions.len() as u64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    a_run_streams_its_events_live,
     sending_and_waiting_answers_the_runs_outcomes,
     a_multi_step_function_with_a_sleep_completes,
     a_wait_resumes_with_the_matching_event,
