@@ -324,7 +324,57 @@ async fn status_reports_checkpoint_head_and_lag(backend: TestBackend) {
     assert_eq!(streams_status.checkpoint, None);
 }
 
+/// The `runs` projection at a newer schema version (same tables, same logic).
+struct RunsV2(Arc<dyn Projection>);
+
+#[async_trait::async_trait]
+impl Projection for RunsV2 {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn schema_version(&self) -> u32 {
+        self.0.schema_version() + 1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
+    }
+    fn schema(&self) -> &'static str {
+        self.0.schema()
+    }
+    fn filter(&self) -> flowforge_store::LogFilter {
+        self.0.filter()
+    }
+    async fn apply(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tables: &flowforge_projections::Tables,
+        events: &[flowforge_store::StoredEvent],
+    ) -> Result<(), flowforge_projections::ProjectionError> {
+        self.0.apply(tx, tables, events).await
+    }
+}
+
+async fn a_changed_schema_version_rebuilds_at_start_up(backend: TestBackend) {
+    let store = backend.store().await;
+    let db = backend.read_db().await;
+    drive_runs(&store, 20, 900).await;
+    ProjectionRunner::new(db.clone(), store.clone(), runs())
+        .catch_up()
+        .await
+        .unwrap();
+    let before = run_rows(&db).await;
+    let v2: Arc<dyn Projection> = Arc::new(RunsV2(runs()));
+    let checkpoint = ProjectionRunner::new(db.clone(), store.clone(), v2.clone())
+        .initialise()
+        .await
+        .unwrap();
+    assert_eq!(checkpoint.generation, 2, "a new generation was built");
+    assert_eq!(checkpoint.schema_version, v2.schema_version());
+    assert_eq!(run_rows(&db).await, before);
+}
+
 flowforge_tests::on_both_backends!(
+    a_changed_schema_version_rebuilds_at_start_up,
     the_runs_read_model_agrees_with_the_log,
     a_rebuild_is_identical_row_for_row_to_the_incremental_model,
     a_rebuild_under_concurrent_writes_misses_and_doubles_nothing,
