@@ -106,6 +106,34 @@ struct EngineArgs {
     /// Retries of a function that does not say (each step and call gets retries + 1 attempts).
     #[arg(long, env = "FLOWFORGE_DEFAULT_RETRIES", default_value_t = 3)]
     default_retries: u32,
+    /// Calls larger than this ask the app to fetch the run's data through the API.
+    #[arg(long, env = "FLOWFORGE_MAX_CALL_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_call_bytes: usize,
+    /// The previous signing key during a rotation: apps may still authenticate with it.
+    #[arg(long, env = "FLOWFORGE_SIGNING_KEY_FALLBACK", hide_env_values = true)]
+    signing_key_fallback: Option<String>,
+    /// Inngest-format event keys accepted on /e/{key}: `key` or `key=tenant`, comma-separated.
+    #[arg(long, env = "FLOWFORGE_EVENT_KEYS", hide_env_values = true)]
+    event_keys: Option<String>,
+}
+
+impl EngineArgs {
+    fn inngest_keys(&self) -> crate::config::InngestKeys {
+        crate::config::InngestKeys {
+            event_keys: self
+                .event_keys
+                .as_deref()
+                .map(crate::config::InngestKeys::parse_event_keys)
+                .unwrap_or_default(),
+            signing_keys: self
+                .signing_key
+                .iter()
+                .chain(self.signing_key_fallback.iter())
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 impl EngineArgs {
@@ -120,6 +148,7 @@ impl EngineArgs {
             },
             signing_key: self.signing_key.clone().filter(|k| !k.is_empty()),
             server_kind,
+            max_call_bytes: self.max_call_bytes,
         }
     }
 }
@@ -224,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ready_max_lag: 10_000,
                 max_event_bytes: args.engine.max_event_bytes,
                 engine: args.engine.engine_config("dev"),
+                inngest_keys: args.engine.inngest_keys(),
             };
             run_server(config).await
         }
@@ -243,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ready_max_lag: args.ready_max_lag,
                 max_event_bytes: args.engine.max_event_bytes,
                 engine: args.engine.engine_config("cloud"),
+                inngest_keys: args.engine.inngest_keys(),
             };
             run_server(config).await
         }

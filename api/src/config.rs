@@ -95,6 +95,70 @@ pub struct Config {
     /// Largest accepted event request body, in bytes.
     pub max_event_bytes: usize,
     pub engine: flowforge_engine::EngineConfig,
+    pub inngest_keys: InngestKeys,
+}
+
+/// Inngest-format keys for apps in production mode (see `docs/sdk-protocol.md`).
+/// Each is checked only when configured.
+#[derive(Debug, Clone, Default)]
+pub struct InngestKeys {
+    /// Event keys accepted on `POST /e/{key}`, each with the tenant its events go to.
+    pub event_keys: Vec<(String, String)>,
+    /// Signing keys whose hashed form authenticates `POST /fn/register` and `/v0/…`:
+    /// the current one and, during a rotation, the previous one.
+    pub signing_keys: Vec<String>,
+}
+
+impl InngestKeys {
+    /// Parses `key` or `key=tenant`, comma-separated.
+    pub fn parse_event_keys(value: &str) -> Vec<(String, String)> {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| match k.split_once('=') {
+                Some((key, tenant)) => (key.to_owned(), tenant.to_owned()),
+                None => (k.to_owned(), flowforge_domain::TenantId::DEFAULT.to_owned()),
+            })
+            .collect()
+    }
+
+    /// The tenant of an event key; `None` if keys are configured and this is not one.
+    pub fn tenant_of_event_key(&self, key: &str) -> Option<Option<&str>> {
+        if self.event_keys.is_empty() {
+            return Some(None);
+        }
+        self.event_keys
+            .iter()
+            .find(|(k, _)| constant_time_eq(k.as_bytes(), key.as_bytes()))
+            .map(|(_, tenant)| Some(tenant.as_str()))
+    }
+
+    /// Whether an `Authorization` header carries one of the signing keys (hashed, as
+    /// Inngest SDKs send it, with or without the `signkey-<env>-` prefix).
+    pub fn authorizes(&self, authorization: Option<&str>) -> bool {
+        if self.signing_keys.is_empty() {
+            return true;
+        }
+        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let token = token.trim();
+        let bare = token
+            .strip_prefix("signkey-")
+            .and_then(|rest| rest.split_once('-').map(|(_, hash)| hash))
+            .unwrap_or(token);
+        self.signing_keys.iter().any(|key| {
+            constant_time_eq(
+                flowforge_engine::protocol::hashed_signing_key(key).as_bytes(),
+                bare.as_bytes(),
+            )
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Config {
@@ -112,6 +176,7 @@ impl Config {
             ready_max_lag: 10_000,
             max_event_bytes: 512 * 1024,
             engine: flowforge_engine::EngineConfig::default(),
+            inngest_keys: InngestKeys::default(),
         }
     }
 }
@@ -141,6 +206,25 @@ mod tests {
         }
         assert!(Storage::from_url("mysql://x", 8, Durability::Full).is_err());
         assert!(Storage::from_url("sqlite://", 8, Durability::Full).is_err());
+    }
+
+    #[test]
+    fn inngest_keys_are_checked_only_when_configured() {
+        let open = InngestKeys::default();
+        assert_eq!(open.tenant_of_event_key("anything"), Some(None));
+        assert!(open.authorizes(None));
+        let keys = InngestKeys {
+            event_keys: InngestKeys::parse_event_keys("ek-one, ek-two=acme"),
+            signing_keys: vec!["signkey-prod-abab".into(), "signkey-prod-cdcd".into()],
+        };
+        assert_eq!(keys.tenant_of_event_key("ek-one"), Some(Some("default")));
+        assert_eq!(keys.tenant_of_event_key("ek-two"), Some(Some("acme")));
+        assert_eq!(keys.tenant_of_event_key("ek-three"), None);
+        let hashed = flowforge_engine::protocol::hashed_signing_key("signkey-prod-cdcd");
+        assert!(keys.authorizes(Some(&format!("Bearer {hashed}"))));
+        assert!(keys.authorizes(Some(&format!("Bearer signkey-prod-{hashed}"))));
+        assert!(!keys.authorizes(Some("Bearer 00")));
+        assert!(!keys.authorizes(None));
     }
 
     #[test]

@@ -132,10 +132,14 @@ async fn call_app(
     attempt: u32,
 ) -> CallOutcome {
     let body = protocol::call_body(&loaded.state, &job.target, attempt);
-    let bytes = match &context.config.signing_key {
-        Some(_) => protocol::canonical_bytes(&body),
+    let encode = |body: &serde_json::Value| match &context.config.signing_key {
+        Some(_) => protocol::canonical_bytes(body),
         None => body.to_string().into_bytes(),
     };
+    let mut bytes = encode(&body);
+    if bytes.len() > context.config.max_call_bytes {
+        bytes = encode(&protocol::use_api_body(&body));
+    }
     let mut request = context
         .http
         .post(protocol::call_url(url, &job.target))

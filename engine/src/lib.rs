@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub signing_key: Option<String>,
     /// `dev` or `cloud`, sent to apps as `X-Inngest-Server-Kind`.
     pub server_kind: &'static str,
+    /// A call whose body would be larger than this asks the app to fetch the run's
+    /// events and steps through the API instead (the protocol's `use_api`).
+    pub max_call_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             backoff: BackoffPolicy::default(),
             signing_key: None,
             server_kind: "dev",
+            max_call_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -72,6 +72,21 @@ pub fn call_body(state: &RunState, target: &CallTarget, attempt: u32) -> Value {
     })
 }
 
+/// A call body that tells the app to fetch the events and memoized steps itself
+/// (`GET /v0/runs/{id}/batch` and `/actions`), for runs whose full body is too large.
+pub fn use_api_body(full: &Value) -> Value {
+    let mut body = full.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("steps".into(), json!({}));
+        map.insert("events".into(), json!([]));
+        map.insert("use_api".into(), Value::Bool(true));
+        if let Some(ctx) = map.get_mut("ctx").and_then(Value::as_object_mut) {
+            ctx.insert("use_api".into(), Value::Bool(true));
+        }
+    }
+    body
+}
+
 /// The app URL for a call: the registered step URL with `stepId` set for the target.
 pub fn call_url(registered: &str, target: &CallTarget) -> String {
     let step = match target {
@@ -149,15 +164,27 @@ pub fn parse_response(
             },
         },
         status => {
-            let error = body.ok().and_then(|b| parse_error(&b)).unwrap_or_else(|| {
-                StepError::new(
-                    "HttpError",
-                    format!(
-                        "the app answered HTTP {status}: {}",
-                        String::from_utf8_lossy(&response.body[..response.body.len().min(500)])
-                    ),
-                )
-            });
+            let error = body
+                .ok()
+                .and_then(|b| parse_error(&b))
+                .map(|mut error| {
+                    // A 500 is the function failing; anything else is the app (or what is
+                    // in front of it) refusing the call, which the error must say.
+                    if status != 500 {
+                        error.message =
+                            format!("the app answered HTTP {status}: {}", error.message);
+                    }
+                    error
+                })
+                .unwrap_or_else(|| {
+                    StepError::new(
+                        "HttpError",
+                        format!(
+                            "the app answered HTTP {status}: {}",
+                            String::from_utf8_lossy(&response.body[..response.body.len().min(500)])
+                        ),
+                    )
+                });
             CallOutcome::Failed {
                 error,
                 retriable: !response.no_retry,
@@ -503,6 +530,12 @@ mod tests {
                 ..
             }
         ));
+        let refused = respond(401, json!({"message": "Unauthorized"}));
+        assert!(
+            matches!(&refused, CallOutcome::Failed { retriable: true, error, .. }
+                if error.message == "the app answered HTTP 401: Unauthorized"),
+            "{refused:?}"
+        );
         assert!(matches!(
             respond(206, json!("nope")),
             CallOutcome::Failed { .. }

@@ -1,7 +1,9 @@
 """An app written with Inngest's official Python SDK (`inngest` from PyPI), served
 with Flask, used by tests/tests/inngest_python.rs to show that such an app runs on
 FlowForge unmodified. Configured only through the SDK's own environment variables:
-INNGEST_DEV=<FlowForge URL>, plus PORT for Flask."""
+INNGEST_DEV=<FlowForge URL> in dev mode; APP_MODE=production with INNGEST_BASE_URL,
+INNGEST_SIGNING_KEY, INNGEST_SIGNING_KEY_FALLBACK and INNGEST_EVENT_KEY in production
+mode; PORT for Flask."""
 
 import datetime
 import os
@@ -10,7 +12,7 @@ import flask
 import inngest
 import inngest.flask
 
-client = inngest.Inngest(app_id="py-app", is_production=False)
+client = inngest.Inngest(app_id="py-app", is_production=os.environ.get("APP_MODE") == "production")
 
 
 @client.create_function(fn_id="steps", trigger=inngest.TriggerEvent(event="py/steps"))

@@ -240,15 +240,50 @@ async fn wait_for_runs(
     started.into_values().flatten().collect()
 }
 
-/// `POST /e/{key}`: the SDK protocol's event endpoint.
+/// `POST /e/{key}`: the SDK protocol's event endpoint. Answers in the protocol's shape
+/// (`{"ids", "status", "error"?}` with `error` a string), which Inngest's SDKs parse.
 pub async fn send_with_key(
     State(state): State<AppState>,
-    Path(_key): Path<String>,
+    Path(key): Path<String>,
     caller: Caller,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let ids = ingest_body(&state, &caller, body, EventSource::EventKey).await?;
-    Ok(Json(json!({ "ids": ids, "status": 200 })))
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let protocol_error = |error: ApiError| {
+        (
+            error.status,
+            Json(json!({"ids": [], "status": error.status.as_u16(), "error": error.body.message})),
+        )
+            .into_response()
+    };
+    let tenant = match state.platform.config.inngest_keys.tenant_of_event_key(&key) {
+        Some(tenant) => tenant.map(str::to_owned),
+        None => {
+            return protocol_error(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "event key not found",
+            ));
+        }
+    };
+    let mut metadata = caller.metadata();
+    if let Some(tenant) = tenant {
+        metadata.tenant_id = flowforge_domain::TenantId::new(tenant);
+        metadata.actor =
+            flowforge_domain::Actor::api_key(format!("event-key:{}", &key[..key.len().min(8)]));
+    }
+    let result = async {
+        let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
+        let events = parse_events(parse_json(&bytes)?)?;
+        Ok::<_, ApiError>(
+            ingest::record(state.engine()?, &metadata, events, EventSource::EventKey).await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(ids) => Json(json!({ "ids": ids, "status": 200 })).into_response(),
+        Err(error) => protocol_error(error),
+    }
 }
 
 #[derive(Debug, Deserialize)]

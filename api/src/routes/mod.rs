@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         // The SDK protocol.
         .route("/e/{key}", post(events::send_with_key))
         .route("/fn/register", post(apps::register))
+        .route("/v0/runs/{id}/batch", get(runs::protocol_batch))
+        .route("/v0/runs/{id}/actions", get(runs::protocol_actions))
         // The REST API.
         .route("/api/v1/events", post(events::send).get(events::list))
         .route("/api/v1/events/{id}", get(events::show))

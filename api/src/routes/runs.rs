@@ -528,3 +528,54 @@ pub async fn replay(
     )
         .into_response())
 }
+
+/// The SDK's `use_api` mode: when the server says so, the app fetches the events and
+/// memoized steps of a run instead of receiving them in the call.
+async fn protocol_run(
+    state: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+) -> Result<flowforge_domain::run::RunState, ApiError> {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if !state.platform.config.inngest_keys.authorizes(authorization) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a configured signing key, hashed, as Authorization: Bearer",
+        ));
+    }
+    let (_, events) = run_stream(state, caller, id).await?;
+    let mut run = Run::initial();
+    for e in &events {
+        run = Run::evolve(run, &e.decode::<RunEvent>().map_err(ApiError::internal)?);
+    }
+    Ok(run)
+}
+
+/// `GET /v0/runs/{id}/batch`: the run's triggering events.
+pub async fn protocol_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = protocol_run(&state, &caller, &headers, &id).await?;
+    Ok(Json(Value::Array(run.events)))
+}
+
+/// `GET /v0/runs/{id}/actions`: the run's memoized steps, as `steps` in a call.
+pub async fn protocol_actions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = protocol_run(&state, &caller, &headers, &id).await?;
+    let steps: Map<String, Value> = run
+        .steps
+        .iter()
+        .map(|(id, step)| (id.clone(), flowforge_engine::protocol::step_memo(step)))
+        .collect();
+    Ok(Json(Value::Object(steps)))
+}
