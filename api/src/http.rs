@@ -1,7 +1,6 @@
 //! The HTTP server.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -14,9 +13,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState {
-        platform: Arc::new(platform),
-    };
+    let state = AppState::new(platform);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

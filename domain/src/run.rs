@@ -68,13 +68,15 @@ impl BackoffPolicy {
     }
 }
 
-/// An error as the SDK protocol reports it.
+/// An error as the SDK protocol reports it: `name` and `message`, and every other key
+/// the SDK sent (`stack`, `code`, …) exactly as it sent it, so that the error can be
+/// handed back verbatim (a `"stack": null` stays a `null`, an absent one absent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepError {
     pub name: String,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<String>,
+    #[serde(flatten)]
+    pub details: BTreeMap<String, Value>,
 }
 
 impl StepError {
@@ -82,8 +84,21 @@ impl StepError {
         Self {
             name: name.into(),
             message: message.into(),
-            stack: None,
+            details: BTreeMap::new(),
         }
+    }
+
+    pub fn with_detail(mut self, key: impl Into<String>, value: Value) -> Self {
+        self.details.insert(key.into(), value);
+        self
+    }
+
+    pub fn stack(&self) -> Option<&str> {
+        self.details.get("stack").and_then(Value::as_str)
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        self.details.get("code").and_then(Value::as_str)
     }
 }
 
@@ -224,6 +239,9 @@ pub struct RunCompleted {
 pub struct RunFailed {
     pub error: StepError,
     pub at: DateTime<Utc>,
+    /// The HTTP status of the app's final answer, when the run failed on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,7 +262,16 @@ pub enum RunEvent {
     #[serde(rename = "run.step_failed")]
     StepFailed(StepFailed),
     #[serde(rename = "run.steps_planned")]
-    StepsPlanned { steps: Vec<PlannedStep> },
+    StepsPlanned {
+        steps: Vec<PlannedStep>,
+        /// Every step reported in the same answer (planned steps, and sleeps, waits and
+        /// invokes started beside them): the run resumes once all of them are done.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        group: Vec<String>,
+        /// The app asked to resume after the first of them instead (`parallelMode: race`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        race: bool,
+    },
     #[serde(rename = "run.sleep_started")]
     SleepStarted(SleepStarted),
     #[serde(rename = "run.wait_started")]
@@ -396,6 +423,8 @@ pub struct RunState {
     /// Failed attempts so far of steps that have not completed.
     pub step_attempts: BTreeMap<String, u32>,
     pub waiting: BTreeMap<String, Waiting>,
+    /// Display names of the steps that are waiting, for the step's completion event.
+    pub waiting_names: BTreeMap<String, String>,
     pub due: BTreeMap<CallTarget, DueCall>,
     /// Failed function-level attempts since the last step completed.
     pub call_attempts: u32,
@@ -404,8 +433,14 @@ pub struct RunState {
     /// Steps ran in parallel at some point: from then on the app must plan every new
     /// step instead of running it inline (the protocol's `disable_immediate_execution`).
     pub parallel: bool,
+    /// The parallel steps still running; the run resumes when none is left (or at the
+    /// first one to finish, when `group_race`).
+    pub group: std::collections::BTreeSet<String>,
+    pub group_race: bool,
     pub output: Option<Value>,
     pub error: Option<StepError>,
+    /// The HTTP status of the app's final answer when the run failed on one.
+    pub failed_status: Option<u16>,
 }
 
 impl Default for RunState {
@@ -426,12 +461,16 @@ impl Default for RunState {
             stack: Vec::new(),
             step_attempts: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            waiting_names: BTreeMap::new(),
             due: BTreeMap::new(),
             call_attempts: 0,
             last_token: 0,
             parallel: false,
+            group: std::collections::BTreeSet::new(),
+            group_race: false,
             output: None,
             error: None,
+            failed_status: None,
         }
     }
 }
@@ -454,6 +493,7 @@ impl RunState {
         self.finished_at = Some(at);
         self.due.clear();
         self.waiting.clear();
+        self.waiting_names.clear();
     }
 
     fn jitter_seed(&self, target: &CallTarget, attempt: u32) -> u64 {
@@ -529,6 +569,8 @@ pub enum Op {
     StepPlanned {
         id: String,
         name: String,
+        /// `parallelMode: race`: resume the run after the first planned step completes.
+        race: bool,
     },
     Sleep {
         id: String,
@@ -565,6 +607,8 @@ pub enum CallOutcome {
         error: StepError,
         retriable: bool,
         retry_after: Option<DateTime<Utc>>,
+        /// The HTTP status the app answered with, if it answered.
+        status: Option<u16>,
     },
 }
 
@@ -667,12 +711,18 @@ impl Decider for Run {
                 );
                 state.stack.push(e.step_id.clone());
                 state.waiting.remove(&e.step_id);
+                state.waiting_names.remove(&e.step_id);
                 state.step_attempts.remove(&e.step_id);
                 state.due.remove(&CallTarget::Step(e.step_id.clone()));
                 state.call_attempts = 0;
+                let in_group = state.group.remove(&e.step_id);
+                let resume = !in_group || state.group.is_empty() || state.group_race;
+                if state.group_race && in_group {
+                    state.group.clear();
+                }
                 // Always a fresh discovery: one already due or in flight was (or is being)
                 // made without this step's result, so its answer must count as stale.
-                if !state.status.is_terminal() {
+                if resume && !state.status.is_terminal() {
                     state.make_due(CallTarget::Discovery, 0, None);
                 }
             }
@@ -680,8 +730,10 @@ impl Decider for Run {
                 state.step_attempts.insert(e.step_id.clone(), e.attempt);
                 state.make_due(e.retry_target.clone(), e.attempt, Some(e.retry_at));
             }
-            RunEvent::StepsPlanned { steps } => {
+            RunEvent::StepsPlanned { steps, group, race } => {
                 state.parallel = true;
+                state.group.extend(group.iter().cloned());
+                state.group_race = *race;
                 for step in steps {
                     let attempt = state.step_attempts.get(&step.step_id).copied().unwrap_or(0);
                     state.make_due(CallTarget::Step(step.step_id.clone()), attempt, None);
@@ -689,10 +741,16 @@ impl Decider for Run {
             }
             RunEvent::SleepStarted(e) => {
                 state
+                    .waiting_names
+                    .insert(e.step_id.clone(), e.name.clone());
+                state
                     .waiting
                     .insert(e.step_id.clone(), Waiting::Sleep { until: e.until });
             }
             RunEvent::WaitStarted(e) => {
+                state
+                    .waiting_names
+                    .insert(e.step_id.clone(), e.name.clone());
                 state.waiting.insert(
                     e.step_id.clone(),
                     Waiting::Event {
@@ -703,6 +761,9 @@ impl Decider for Run {
                 );
             }
             RunEvent::InvokeStarted(e) => {
+                state
+                    .waiting_names
+                    .insert(e.step_id.clone(), e.name.clone());
                 state.waiting.insert(
                     e.step_id.clone(),
                     Waiting::Invoke {
@@ -721,6 +782,7 @@ impl Decider for Run {
             }
             RunEvent::Failed(e) => {
                 state.error = Some(e.error.clone());
+                state.failed_status = e.http_status;
                 state.finish(RunStatus::Failed, e.at);
             }
             RunEvent::Cancelled(e) => state.finish(RunStatus::Cancelled, e.at),
@@ -832,6 +894,7 @@ fn completed(
         .steps
         .get(step_id)
         .map(|s| s.name.clone())
+        .or_else(|| state.waiting_names.get(step_id).cloned())
         .unwrap_or_else(|| step_id.to_owned());
     RunEvent::StepCompleted(StepCompleted {
         step_id: step_id.to_owned(),
@@ -872,6 +935,7 @@ fn decide_call(
             error,
             retriable,
             retry_after,
+            status,
         } => {
             let attempt = due.attempt + 1;
             if retriable && attempt < state.max_attempts {
@@ -885,11 +949,13 @@ fn decide_call(
                 events.push(RunEvent::Failed(RunFailed {
                     error,
                     at: finished_at,
+                    http_status: status,
                 }));
             }
         }
         CallOutcome::Ops(ops) => {
             let mut planned = Vec::new();
+            let mut group = Group::default();
             let mut seen = std::collections::BTreeSet::new();
             for op in ops {
                 decide_op(
@@ -898,16 +964,27 @@ fn decide_call(
                     op,
                     finished_at,
                     &mut events,
-                    &mut planned,
+                    (&mut planned, &mut group),
                     &mut seen,
                 );
             }
             if !planned.is_empty() {
-                events.push(RunEvent::StepsPlanned { steps: planned });
+                events.push(RunEvent::StepsPlanned {
+                    steps: planned,
+                    group: group.members,
+                    race: group.race,
+                });
             }
         }
     }
     Ok(events)
+}
+
+/// The steps of one answer that the run waits for together.
+#[derive(Default)]
+struct Group {
+    members: Vec<String>,
+    race: bool,
 }
 
 fn decide_op(
@@ -916,7 +993,7 @@ fn decide_op(
     op: Op,
     now: DateTime<Utc>,
     events: &mut Vec<RunEvent>,
-    planned: &mut Vec<PlannedStep>,
+    (planned, group): (&mut Vec<PlannedStep>, &mut Group),
     seen: &mut std::collections::BTreeSet<String>,
 ) {
     let id = match &op {
@@ -973,25 +1050,35 @@ fn decide_op(
                 }));
             }
         }
-        Op::StepPlanned { id, name } => planned.push(PlannedStep { step_id: id, name }),
-        Op::Sleep { id, name, until } => events.push(RunEvent::SleepStarted(SleepStarted {
-            step_id: id,
-            name,
-            until,
-        })),
+        Op::StepPlanned { id, name, race } => {
+            group.race |= race;
+            group.members.push(id.clone());
+            planned.push(PlannedStep { step_id: id, name });
+        }
+        Op::Sleep { id, name, until } => {
+            group.members.push(id.clone());
+            events.push(RunEvent::SleepStarted(SleepStarted {
+                step_id: id,
+                name,
+                until,
+            }));
+        }
         Op::WaitForEvent {
             id,
             name,
             event,
             expression,
             until,
-        } => events.push(RunEvent::WaitStarted(WaitStarted {
-            step_id: id,
-            name,
-            event,
-            expression,
-            until,
-        })),
+        } => {
+            group.members.push(id.clone());
+            events.push(RunEvent::WaitStarted(WaitStarted {
+                step_id: id,
+                name,
+                event,
+                expression,
+                until,
+            }));
+        }
         Op::InvokeFunction {
             id,
             name,
@@ -999,14 +1086,17 @@ fn decide_op(
             payload,
             until,
             child_run_id,
-        } => events.push(RunEvent::InvokeStarted(InvokeStarted {
-            step_id: id,
-            name,
-            function_id,
-            child_run_id,
-            payload,
-            until,
-        })),
+        } => {
+            group.members.push(id.clone());
+            events.push(RunEvent::InvokeStarted(InvokeStarted {
+                step_id: id,
+                name,
+                function_id,
+                child_run_id,
+                payload,
+                until,
+            }));
+        }
     }
 }
 
@@ -1299,6 +1389,7 @@ mod tests {
                 CallTarget::Discovery,
                 1,
                 CallOutcome::Failed {
+                    status: None,
                     error: StepError::new("Error", "rate limited"),
                     retriable: true,
                     retry_after: Some(t(60_000)),
@@ -1333,6 +1424,7 @@ mod tests {
             CallTarget::Discovery,
             3,
             CallOutcome::Failed {
+                status: None,
                 error: err.clone(),
                 retriable: true,
                 retry_after: None,
@@ -1341,6 +1433,7 @@ mod tests {
         .then([
             call_finished(CallTarget::Discovery, 3, 2),
             RunEvent::Failed(RunFailed {
+                http_status: None,
                 error: err.clone(),
                 at: t(2),
             }),
@@ -1352,6 +1445,7 @@ mod tests {
                 CallTarget::Discovery,
                 1,
                 CallOutcome::Failed {
+                    status: None,
                     error: err.clone(),
                     retriable: false,
                     retry_after: None,
@@ -1360,110 +1454,137 @@ mod tests {
             .then([
                 call_finished(CallTarget::Discovery, 1, 0),
                 RunEvent::Failed(RunFailed {
+                    http_status: None,
                     error: err,
                     at: t(2),
                 }),
             ]);
     }
 
+    fn planned(ids: &[&str], race: bool) -> RunEvent {
+        RunEvent::StepsPlanned {
+            steps: ids
+                .iter()
+                .map(|id| PlannedStep {
+                    step_id: (*id).into(),
+                    name: (*id).into(),
+                })
+                .collect(),
+            group: ids.iter().map(|id| (*id).to_owned()).collect(),
+            race,
+        }
+    }
+
+    fn plan_op(id: &str, race: bool) -> Op {
+        Op::StepPlanned {
+            id: id.into(),
+            name: id.into(),
+            race,
+        }
+    }
+
     #[test]
-    fn parallel_steps_are_planned_and_each_executed_by_its_own_call() {
+    fn parallel_steps_are_planned_together_and_each_executed_by_its_own_call() {
         let state = Spec::given([created()])
             .when(record(
                 CallTarget::Discovery,
                 1,
-                CallOutcome::Ops(vec![
-                    Op::StepPlanned {
-                        id: "a".into(),
-                        name: "a".into(),
-                    },
-                    Op::StepPlanned {
-                        id: "b".into(),
-                        name: "b".into(),
-                    },
-                ]),
+                CallOutcome::Ops(vec![plan_op("a", false), plan_op("b", false)]),
             ))
             .then([
                 call_finished(CallTarget::Discovery, 1, 0),
-                RunEvent::StepsPlanned {
-                    steps: vec![
-                        PlannedStep {
-                            step_id: "a".into(),
-                            name: "a".into(),
-                        },
-                        PlannedStep {
-                            step_id: "b".into(),
-                            name: "b".into(),
-                        },
-                    ],
-                },
+                planned(&["a", "b"], false),
             ]);
         assert_eq!(state.due.len(), 2);
+        assert!(state.parallel);
         let a = state.due[&CallTarget::Step("a".into())].token;
         let b = state.due[&CallTarget::Step("b".into())].token;
         assert_ne!(a, b);
-
-        // Step a's own call finishes it; the discovery call that follows sees b still in flight.
-        let mut given = vec![
-            created(),
-            call_finished(CallTarget::Discovery, 1, 0),
-            RunEvent::StepsPlanned {
-                steps: vec![
-                    PlannedStep {
-                        step_id: "a".into(),
-                        name: "a".into(),
-                    },
-                    PlannedStep {
-                        step_id: "b".into(),
-                        name: "b".into(),
-                    },
-                ],
-            },
-        ];
-        let after_a = Spec::given(given.clone())
-            .when(record(
-                CallTarget::Step("a".into()),
-                a,
-                CallOutcome::Ops(vec![step_run("a", json!("A"))]),
-            ))
-            .then([
-                call_finished(CallTarget::Step("a".into()), a, 0),
-                step_done("a", json!("A")),
-            ]);
-        given.push(call_finished(CallTarget::Step("a".into()), a, 0));
-        given.push(step_done("a", json!("A")));
-        let discovery = after_a.due[&CallTarget::Discovery].token;
-        Spec::given(given)
-            .when(record(
-                CallTarget::Discovery,
-                discovery,
-                CallOutcome::Ops(vec![Op::StepPlanned {
-                    id: "b".into(),
-                    name: "b".into(),
-                }]),
-            ))
-            .then([call_finished(CallTarget::Discovery, discovery, 0)]);
     }
 
     #[test]
-    fn a_discovery_made_before_a_parallel_step_finished_is_stale_afterwards() {
-        let planned = RunEvent::StepsPlanned {
-            steps: vec![
-                PlannedStep {
-                    step_id: "a".into(),
-                    name: "a".into(),
-                },
-                PlannedStep {
-                    step_id: "b".into(),
-                    name: "b".into(),
-                },
-            ],
+    fn the_run_resumes_once_every_step_of_a_parallel_group_is_done() {
+        let mut given = vec![
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            planned(&["a", "b"], false),
+        ];
+        // a finishes: b is still running, so no discovery yet.
+        let after_a = Spec::given(given.clone())
+            .when(record(
+                CallTarget::Step("a".into()),
+                2,
+                CallOutcome::Ops(vec![step_run("a", json!("A"))]),
+            ))
+            .then([
+                call_finished(CallTarget::Step("a".into()), 2, 0),
+                step_done("a", json!("A")),
+            ]);
+        assert!(!after_a.due.contains_key(&CallTarget::Discovery));
+        given.push(call_finished(CallTarget::Step("a".into()), 2, 0));
+        given.push(step_done("a", json!("A")));
+        // b finishes: the group is done, one discovery.
+        let after_b = Spec::given(given)
+            .when(record(
+                CallTarget::Step("b".into()),
+                3,
+                CallOutcome::Ops(vec![step_run("b", json!("B"))]),
+            ))
+            .then([
+                call_finished(CallTarget::Step("b".into()), 3, 0),
+                step_done("b", json!("B")),
+            ]);
+        assert_eq!(
+            after_b.due.keys().collect::<Vec<_>>(),
+            vec![&CallTarget::Discovery]
+        );
+        assert!(after_b.group.is_empty());
+    }
+
+    #[test]
+    fn a_sleep_in_a_parallel_group_is_waited_for_too() {
+        let events = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![
+                    plan_op("a", false),
+                    Op::Sleep {
+                        id: "nap".into(),
+                        name: "nap".into(),
+                        until: t(10_000),
+                    },
+                ]),
+            ))
+            .events();
+        let mut given = vec![created()];
+        given.extend(events);
+        given.push(call_finished(CallTarget::Step("a".into()), 2, 0));
+        given.push(step_done("a", json!("A")));
+        let state = Run::fold(given.iter());
+        assert!(
+            !state.due.contains_key(&CallTarget::Discovery),
+            "the sleep is still running"
+        );
+        let state = Spec::given(given)
+            .when(RunCommand::CompleteSleep {
+                step_id: "nap".into(),
+                at: t(10_000),
+            })
+            .events();
+        let RunEvent::StepCompleted(done) = &state[0] else {
+            panic!("{state:?}")
         };
-        // b finishes (discovery 4 due), then a finishes while discovery 4 is in flight.
+        assert_eq!(done.step_id, "nap");
+    }
+
+    #[test]
+    fn a_discovery_made_before_a_racing_step_finished_is_stale_afterwards() {
+        // Race mode: b finishes (discovery 4 due), then a finishes while discovery 4 is in flight.
         let given = vec![
             created(),
             call_finished(CallTarget::Discovery, 1, 0),
-            planned,
+            planned(&["a", "b"], true),
             call_finished(CallTarget::Step("b".into()), 3, 0),
             step_done("b", json!("B")),
             call_finished(CallTarget::Step("a".into()), 2, 0),
@@ -1486,13 +1607,38 @@ mod tests {
     }
 
     #[test]
+    fn a_step_the_run_already_knows_is_not_planned_again() {
+        let given = vec![
+            created(),
+            call_finished(CallTarget::Discovery, 1, 0),
+            planned(&["a", "b"], true),
+        ];
+        let given = [
+            given,
+            vec![
+                call_finished(CallTarget::Step("a".into()), 2, 0),
+                step_done("a", json!("A")),
+            ],
+        ]
+        .concat();
+        let discovery = Run::fold(given.iter()).due[&CallTarget::Discovery].token;
+        Spec::given(given)
+            .when(record(
+                CallTarget::Discovery,
+                discovery,
+                CallOutcome::Ops(vec![plan_op("b", true)]),
+            ))
+            .then([call_finished(CallTarget::Discovery, discovery, 0)]);
+    }
+
+    #[test]
     fn a_sleep_completes_only_when_its_time_has_come() {
         let given = [
             created(),
             call_finished(CallTarget::Discovery, 1, 0),
             RunEvent::SleepStarted(SleepStarted {
                 step_id: "nap".into(),
-                name: "nap".into(),
+                name: "Take a nap".into(),
                 until: t(10_000),
             }),
         ];
@@ -1509,12 +1655,13 @@ mod tests {
             })
             .then([RunEvent::StepCompleted(StepCompleted {
                 step_id: "nap".into(),
-                name: "nap".into(),
+                name: "Take a nap".into(),
                 kind: StepKind::Sleep,
                 output: StepOutput::Nothing,
                 at: t(10_000),
             })]);
         assert!(state.waiting.is_empty());
+        assert!(state.waiting_names.is_empty());
         assert!(state.due.contains_key(&CallTarget::Discovery));
     }
 
@@ -1540,7 +1687,7 @@ mod tests {
             })
             .then([RunEvent::StepCompleted(StepCompleted {
                 step_id: "w".into(),
-                name: "w".into(),
+                name: "wait-shipped".into(),
                 kind: StepKind::WaitForEvent,
                 output: StepOutput::Data(matched),
                 at: t(5),
@@ -1553,7 +1700,7 @@ mod tests {
             })
             .then([RunEvent::StepCompleted(StepCompleted {
                 step_id: "w".into(),
-                name: "w".into(),
+                name: "wait-shipped".into(),
                 kind: StepKind::WaitForEvent,
                 output: StepOutput::Nothing,
                 at: t(60_000),
@@ -1604,7 +1751,7 @@ mod tests {
             })
             .then([RunEvent::StepCompleted(StepCompleted {
                 step_id: "i".into(),
-                name: "i".into(),
+                name: "invoke-child".into(),
                 kind: StepKind::Invoke,
                 output: StepOutput::Error(StepError::new("Error", "child failed")),
                 at: t(9),
@@ -1652,17 +1799,14 @@ mod tests {
             created(),
             call_finished(CallTarget::Step("x".into()), 3, 1),
             step_done("a", json!({"n": 1})),
-            RunEvent::StepsPlanned {
-                steps: vec![PlannedStep {
-                    step_id: "p".into(),
-                    name: "p".into(),
-                }],
-            },
+            planned(&["p"], false),
+            planned(&["q", "r"], true),
             RunEvent::Cancelled(RunCancelled {
                 reason: "r".into(),
                 at: t(1),
             }),
             RunEvent::Failed(RunFailed {
+                http_status: None,
                 error: StepError::new("E", "m"),
                 at: t(1),
             }),

@@ -106,6 +106,7 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
     let started_at = Utc::now();
     let outcome = match function {
         None => CallOutcome::Failed {
+            status: None,
             error: StepError::new(
                 "FunctionNotFound",
                 format!(
@@ -184,6 +185,7 @@ async fn call_app(
                     Uuid::now_v7,
                 ),
                 Err(message) => CallOutcome::Failed {
+                    status: None,
                     error: StepError::new("ResponseError", message),
                     retriable: true,
                     retry_after: None,
@@ -191,6 +193,7 @@ async fn call_app(
             }
         }
         Err(error) => CallOutcome::Failed {
+            status: None,
             error: StepError::new(
                 if error.is_timeout() {
                     "TimeoutError"

@@ -33,8 +33,8 @@ pub fn error_json(error: &StepError) -> Value {
     let mut map = Map::new();
     map.insert("name".into(), Value::String(error.name.clone()));
     map.insert("message".into(), Value::String(error.message.clone()));
-    if let Some(stack) = &error.stack {
-        map.insert("stack".into(), Value::String(stack.clone()));
+    for (key, value) in &error.details {
+        map.insert(key.clone(), value.clone());
     }
     Value::Object(map)
 }
@@ -134,6 +134,7 @@ pub fn parse_response(
                         Ok(op) => ops.push(op),
                         Err(message) => {
                             return CallOutcome::Failed {
+                                status: None,
                                 error: StepError::new("ProtocolError", message),
                                 retriable: false,
                                 retry_after: None,
@@ -148,6 +149,7 @@ pub fn parse_response(
                 match parse_op(&Value::Object(item), now, response.no_retry, &mut new_id) {
                     Ok(op) => CallOutcome::Ops(vec![op]),
                     Err(message) => CallOutcome::Failed {
+                        status: None,
                         error: StepError::new("ProtocolError", message),
                         retriable: false,
                         retry_after: None,
@@ -155,6 +157,7 @@ pub fn parse_response(
                 }
             }
             _ => CallOutcome::Failed {
+                status: None,
                 error: StepError::new(
                     "ProtocolError",
                     "a 206 answer must be a JSON array of steps",
@@ -189,6 +192,7 @@ pub fn parse_response(
                 error,
                 retriable: !response.no_retry,
                 retry_after,
+                status: Some(status),
             }
         }
     }
@@ -204,10 +208,11 @@ fn parse_error(value: &Value) -> Option<StepError> {
             .unwrap_or("Error")
             .to_owned(),
         message: message.to_owned(),
-        stack: object
-            .get("stack")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        details: object
+            .iter()
+            .filter(|(key, _)| key.as_str() != "name" && key.as_str() != "message")
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
     })
 }
 
@@ -252,7 +257,11 @@ fn parse_op(
             id,
             name: display,
         },
-        "StepPlanned" => Op::StepPlanned { id, name: display },
+        "StepPlanned" => Op::StepPlanned {
+            race: opts.get("parallelMode").and_then(Value::as_str) == Some("race"),
+            id,
+            name: display,
+        },
         "Sleep" => {
             // Go SDKs send `opts.duration`; the Python SDK puts the wake-up time in `name`.
             let until = match opt_str("duration") {
@@ -453,7 +462,8 @@ mod tests {
             ops[1],
             Op::StepPlanned {
                 id: "b78f".into(),
-                name: "p1".into()
+                name: "p1".into(),
+                race: false,
             }
         );
         assert!(

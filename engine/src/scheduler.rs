@@ -494,7 +494,15 @@ impl Scheduler {
         let event = state.events.first().cloned().unwrap_or(Value::Null);
         let (result_key, result) = match (&state.output, &state.error) {
             (Some(output), _) => ("result", output.clone()),
-            (None, Some(error)) => ("error", crate::protocol::error_json(error)),
+            (None, Some(error)) => {
+                let mut error = crate::protocol::error_json(error);
+                // As Inngest's servers do, say how the final call failed.
+                if let (Some(status), Some(map)) = (state.failed_status, error.as_object_mut()) {
+                    map.entry("error")
+                        .or_insert_with(|| Value::String(format!("invalid status code: {status}")));
+                }
+                ("error", error)
+            }
             (None, None) => (
                 "error",
                 json!({"name": "Cancelled", "message": "the run was cancelled"}),

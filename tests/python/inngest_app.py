@@ -86,8 +86,19 @@ def fatal(ctx: inngest.ContextSync) -> str:
     return "unreachable"
 
 
+@client.create_function(fn_id="doomed", retries=0, trigger=inngest.TriggerEvent(event="py/doomed"))
+def doomed(ctx: inngest.ContextSync) -> str:
+    def explode() -> None:
+        raise ValueError("boom")
+
+    ctx.step.run("explode", explode)
+    return "unreachable"
+
+
 app = flask.Flask(__name__)
-inngest.flask.serve(app, client, [steps, wait, child, parent, sender, pinged, parallel, flaky, fatal])
+inngest.flask.serve(
+    app, client, [steps, wait, child, parent, sender, pinged, parallel, flaky, fatal, doomed]
+)
 
 if __name__ == "__main__":
     app.run(host="127.0.0.1", port=int(os.environ["PORT"]), threaded=True)

@@ -98,6 +98,7 @@ pub async fn drive_run(
                 CallTarget::Discovery,
                 token,
                 CallOutcome::Failed {
+                    status: None,
                     error: StepError::new("Error", "fatal"),
                     retriable: false,
                     retry_after: None,

@@ -17,6 +17,7 @@ fn planned(ids: &[&str]) -> CallOutcome {
             .map(|id| Op::StepPlanned {
                 id: (*id).into(),
                 name: (*id).into(),
+                race: false,
             })
             .collect(),
     )

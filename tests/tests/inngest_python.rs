@@ -90,7 +90,7 @@ async fn an_app_written_with_the_official_python_sdk_runs_unmodified(backend: Te
     let (_, functions) = api.get("/api/v1/functions").await;
     assert_eq!(
         functions["items"].as_array().unwrap().len(),
-        9,
+        10,
         "{functions}"
     );
 
@@ -252,6 +252,33 @@ async fn production_mode_keys_and_signatures_work_both_ways(backend: TestBackend
         api.finished_run(&run, RUN_TIMEOUT).await["status"],
         "completed"
     );
+
+    // Like Inngest, the valid events before the first invalid one are recorded and their
+    // ids returned beside the error.
+    let (status, body) = api
+        .post(
+            &format!("/e/{EVENT_KEY}"),
+            &json!([{"name": "py/partial", "data": {}}, {"name": ""}, {"name": "py/never"}]),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["ids"].as_array().map(Vec::len), Some(1), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("name")),
+        "the error names the field: {body}"
+    );
+    let path = format!("/api/v1/events/{}", body["ids"][0].as_str().unwrap());
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    let recorded = loop {
+        // The read model follows the log a few milliseconds behind.
+        let (status, recorded) = api.get(&path).await;
+        if status == 200 || std::time::Instant::now() > deadline {
+            assert_eq!(status, 200, "{recorded}");
+            break recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(recorded["name"], "py/partial");
 }
 
 /// A server that signs with the wrong key: the app refuses every call, and the run fails
@@ -346,7 +373,148 @@ async fn use_api_runs_fetch_their_data_from_the_server(backend: TestBackend) {
     assert_eq!(unauthenticated.status(), 401);
 }
 
+/// Asks `/v0/gql` and returns `data`, failing on any GraphQL error.
+async fn gql(api: &Api, query: &str, variables: Value) -> Value {
+    let (status, body) = api
+        .post("/v0/gql", &json!({"query": query, "variables": variables}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{query}: {body}");
+    body["data"].clone()
+}
+
+const RUN_QUERY: &str = "query ($runID: String!) { run(runID: $runID) { \
+    status output trace { childrenSpans { name outputID } } } }";
+const SPAN_OUTPUT_QUERY: &str = "query ($outputID: String!) { \
+    runTraceSpanOutputByID(outputID: $outputID) { data error { message name stack } } }";
+
+/// The output id of the run's span named `step`.
+fn output_id_of(run: &Value, step: &str) -> String {
+    run["trace"]["childrenSpans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == step))
+        .and_then(|span| span["outputID"].as_str())
+        .unwrap_or_else(|| panic!("no span `{step}` in {run}"))
+        .to_owned()
+}
+
+/// The queries Inngest's SDK test helpers make of the dev server's GraphQL API, for a
+/// completed, a failed and a cancelled run.
+async fn gql_answers_the_dev_server_queries(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let Some(_app) = start_python_app(&server.url).await else {
+        return;
+    };
+    let event_id = api.send("py/steps", json!({"n": 3})).await;
+    let completed = api.runs_of_event(&event_id, 1, RUN_TIMEOUT).await.remove(0);
+    let failed = run_for(&api, "py/doomed", json!({})).await;
+    let waiting = run_for(&api, "py/order", json!({"order_id": "gql-1"})).await;
+
+    api.finished_run(&completed, RUN_TIMEOUT).await;
+    let run = gql(&api, RUN_QUERY, json!({"runID": completed})).await["run"].clone();
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    let output: Value = serde_json::from_str(run["output"].as_str().unwrap()).unwrap();
+    assert_eq!(output, json!({"a": 1, "b": 2, "n": 3}));
+    let names: Vec<&str> = run["trace"]["childrenSpans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "nap", "b"], "spans in the order the steps ran");
+    let span = gql(
+        &api,
+        SPAN_OUTPUT_QUERY,
+        json!({"outputID": output_id_of(&run, "b")}),
+    )
+    .await["runTraceSpanOutputByID"]
+        .clone();
+    assert_eq!(span["data"], "2", "{span}");
+    assert_eq!(span["error"], Value::Null);
+
+    let trigger = gql(
+        &api,
+        "query ($runID: String!) { runTrigger(runID: $runID) { payloads } }",
+        json!({"runID": completed}),
+    )
+    .await;
+    let payload: Value =
+        serde_json::from_str(trigger["runTrigger"]["payloads"][0].as_str().unwrap()).unwrap();
+    assert_eq!(payload["name"], "py/steps");
+    assert_eq!(payload["data"], json!({"n": 3}));
+    let event = gql(
+        &api,
+        "query ($id: String!) { event(query: {eventId: $id}) { name functionRuns { id status } } }",
+        json!({"id": event_id}),
+    )
+    .await;
+    assert_eq!(event["event"]["name"], "py/steps", "{event}");
+    assert_eq!(
+        event["event"]["functionRuns"],
+        json!([{"id": completed, "status": "COMPLETED"}])
+    );
+    let unknown = gql(
+        &api,
+        "query ($id: String!) { event(query: {eventId: $id}) { name } }",
+        json!({"id": "no-such-event"}),
+    )
+    .await;
+    assert_eq!(unknown["event"], Value::Null);
+
+    api.finished_run(&failed, RUN_TIMEOUT).await;
+    let run = gql(&api, RUN_QUERY, json!({"runID": failed})).await["run"].clone();
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let output: Value = serde_json::from_str(run["output"].as_str().unwrap()).unwrap();
+    assert_eq!(output["message"], "boom", "{output}");
+    let span = gql(
+        &api,
+        SPAN_OUTPUT_QUERY,
+        json!({"outputID": output_id_of(&run, "explode")}),
+    )
+    .await["runTraceSpanOutputByID"]
+        .clone();
+    assert_eq!(span["data"], Value::Null, "{span}");
+    assert_eq!(span["error"]["name"], "ValueError", "{span}");
+    assert_eq!(span["error"]["message"], "boom");
+    assert!(
+        span["error"]["stack"]
+            .as_str()
+            .is_some_and(|s| s.contains("explode")),
+        "the SDK's traceback: {span}"
+    );
+
+    let run = gql(&api, RUN_QUERY, json!({"runID": waiting})).await["run"].clone();
+    assert!(
+        ["QUEUED", "RUNNING"].contains(&run["status"].as_str().unwrap()),
+        "{run}"
+    );
+    let (status, body) = api
+        .post(&format!("/api/v1/runs/{waiting}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.finished_run(&waiting, RUN_TIMEOUT).await;
+    let run = gql(&api, RUN_QUERY, json!({"runID": waiting})).await["run"].clone();
+    assert_eq!(run["status"], "CANCELLED", "{run}");
+    assert_eq!(run["output"], Value::Null);
+
+    let (status, body) = api
+        .post(
+            "/v0/gql",
+            &json!({"query": "{ run(runID: \"nope\") { status } }"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found")),
+        "{body}"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    gql_answers_the_dev_server_queries,
     an_app_written_with_the_official_python_sdk_runs_unmodified,
     production_mode_keys_and_signatures_work_both_ways,
     a_bad_signature_is_rejected,

@@ -61,54 +61,142 @@ pub fn parse_events(body: Value) -> Result<Vec<NewIncomingEvent>, ApiError> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            let field = |name: &str| if single { name.to_owned() } else { format!("[{i}].{name}") };
-            let Value::Object(mut event) = item else {
-                return Err(ApiError::invalid_field(field("event"), "an event must be a JSON object"));
+        .map(|(i, item)| parse_one(i, single, item))
+        .collect()
+}
+
+/// Like [`parse_events`], but keeps the valid events before the first invalid one (the
+/// protocol's `/e/{key}` records those and reports the first error).
+pub fn parse_events_prefix(body: Value) -> (Vec<NewIncomingEvent>, Option<ApiError>) {
+    let items = match body {
+        Value::Array(items) => items,
+        other => {
+            return match parse_events(other) {
+                Ok(events) => (events, None),
+                Err(error) => (Vec::new(), Some(error)),
             };
-            let name = match event.remove("name") {
-                Some(Value::String(name)) if !name.trim().is_empty() => name,
-                Some(Value::String(_)) | None => return Err(ApiError::invalid_field(field("name"), "an event needs a non-empty name")),
-                Some(_) => return Err(ApiError::invalid_field(field("name"), "the name must be a string")),
-            };
-            if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        }
+    };
+    if items.is_empty() || items.len() > MAX_EVENTS_PER_REQUEST {
+        return match parse_events(Value::Array(items)) {
+            Ok(events) => (events, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match parse_one(i, false, item) {
+            Ok(event) => events.push(event),
+            Err(error) => return (events, Some(error)),
+        }
+    }
+    (events, None)
+}
+
+fn parse_one(i: usize, single: bool, item: Value) -> Result<NewIncomingEvent, ApiError> {
+    let field = |name: &str| {
+        if single {
+            name.to_owned()
+        } else {
+            format!("[{i}].{name}")
+        }
+    };
+    let Value::Object(mut event) = item else {
+        return Err(ApiError::invalid_field(
+            field("event"),
+            "an event must be a JSON object",
+        ));
+    };
+    let name = match event.remove("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => name,
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::invalid_field(
+                field("name"),
+                "an event needs a non-empty name",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                field("name"),
+                "the name must be a string",
+            ));
+        }
+    };
+    if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            field("name"),
+            format!(
+                "the name must be at most {MAX_NAME_LEN} characters without control characters"
+            ),
+        ));
+    }
+    let data = match event.remove("data") {
+        None | Some(Value::Null) => json!({}),
+        Some(data @ Value::Object(_)) => data,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                field("data"),
+                "data must be a JSON object",
+            ));
+        }
+    };
+    let id = match event.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if id.len() <= MAX_ID_LEN => Some(id),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid_field(
+                field("id"),
+                format!("the id must be at most {MAX_ID_LEN} characters"),
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                field("id"),
+                "the id must be a string",
+            ));
+        }
+    };
+    let ts = match event.remove("ts") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(ts) if ts >= 0 => Some(ts),
+            _ => {
                 return Err(ApiError::invalid_field(
-                    field("name"),
-                    format!("the name must be at most {MAX_NAME_LEN} characters without control characters"),
+                    field("ts"),
+                    "ts must be a non-negative integer (milliseconds since the Unix epoch)",
                 ));
             }
-            let data = match event.remove("data") {
-                None | Some(Value::Null) => json!({}),
-                Some(data @ Value::Object(_)) => data,
-                Some(_) => return Err(ApiError::invalid_field(field("data"), "data must be a JSON object")),
-            };
-            let id = match event.remove("id") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(id)) if id.len() <= MAX_ID_LEN => Some(id),
-                Some(Value::String(_)) => return Err(ApiError::invalid_field(field("id"), format!("the id must be at most {MAX_ID_LEN} characters"))),
-                Some(_) => return Err(ApiError::invalid_field(field("id"), "the id must be a string")),
-            };
-            let ts = match event.remove("ts") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => match n.as_i64() {
-                    Some(ts) if ts >= 0 => Some(ts),
-                    _ => return Err(ApiError::invalid_field(field("ts"), "ts must be a non-negative integer (milliseconds since the Unix epoch)")),
-                },
-                Some(_) => return Err(ApiError::invalid_field(field("ts"), "ts must be an integer (milliseconds since the Unix epoch)")),
-            };
-            let user = match event.remove("user") {
-                None | Some(Value::Null) => None,
-                Some(user @ Value::Object(_)) => Some(user),
-                Some(_) => return Err(ApiError::invalid_field(field("user"), "user must be a JSON object")),
-            };
-            let v = match event.remove("v") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(v)) => Some(v),
-                Some(_) => return Err(ApiError::invalid_field(field("v"), "v must be a string")),
-            };
-            Ok(NewIncomingEvent { id, name, data, ts, user, v })
-        })
-        .collect()
+        },
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                field("ts"),
+                "ts must be an integer (milliseconds since the Unix epoch)",
+            ));
+        }
+    };
+    let user = match event.remove("user") {
+        None | Some(Value::Null) => None,
+        Some(user @ Value::Object(_)) => Some(user),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                field("user"),
+                "user must be a JSON object",
+            ));
+        }
+    };
+    let v = match event.remove("v") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => Some(v),
+        Some(_) => return Err(ApiError::invalid_field(field("v"), "v must be a string")),
+    };
+    Ok(NewIncomingEvent {
+        id,
+        name,
+        data,
+        ts,
+        user,
+        v,
+    })
 }
 
 impl From<IngestError> for ApiError {
@@ -272,16 +360,26 @@ pub async fn send_with_key(
         metadata.actor =
             flowforge_domain::Actor::api_key(format!("event-key:{}", &key[..key.len().min(8)]));
     }
+    // Inngest's event API records the valid events before the first invalid one and
+    // reports that error beside their ids; SDKs rely on the partial ids.
     let result = async {
         let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
-        let events = parse_events(parse_json(&bytes)?)?;
-        Ok::<_, ApiError>(
-            ingest::record(state.engine()?, &metadata, events, EventSource::EventKey).await?,
-        )
+        let (events, invalid) = parse_events_prefix(parse_json(&bytes)?);
+        let ids = if events.is_empty() {
+            Vec::new()
+        } else {
+            ingest::record(state.engine()?, &metadata, events, EventSource::EventKey).await?
+        };
+        Ok::<_, ApiError>((ids, invalid))
     }
     .await;
     match result {
-        Ok(ids) => Json(json!({ "ids": ids, "status": 200 })).into_response(),
+        Ok((ids, None)) => Json(json!({ "ids": ids, "status": 200 })).into_response(),
+        Ok((ids, Some(error))) => (
+            error.status,
+            Json(json!({"ids": ids, "status": error.status.as_u16(), "error": error.body.message})),
+        )
+            .into_response(),
         Err(error) => protocol_error(error),
     }
 }
@@ -307,6 +405,26 @@ fn event_json(row: &flowforge_projections::events::EventRow) -> Value {
 
 const EVENT_COLUMNS: &str =
     "stream_id, tenant_id, id, name, data, ts, received_at, source, position";
+
+/// The first event recorded with this id (a re-sent id is accepted once).
+pub async fn find_event(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<flowforge_projections::events::EventRow>, ApiError> {
+    use flowforge_projections::document::Document;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 ORDER BY received_at LIMIT 1"
+    )))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(state.platform.read_db.pool())
+    .await
+    .map_err(ApiError::internal)?;
+    row.map(|row| flowforge_projections::events::EventRow::from_row(&row))
+        .transpose()
+        .map_err(ApiError::internal)
+}
 
 /// `GET /api/v1/events`: newest first, cursor-paginated.
 pub async fn list(
@@ -347,18 +465,9 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    use flowforge_projections::document::Document;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 ORDER BY received_at LIMIT 1"
-    )))
-    .bind(caller.tenant())
-    .bind(&id)
-    .fetch_optional(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?
-    .ok_or_else(|| ApiError::not_found(format!("no event `{id}`")))?;
-    let row =
-        flowforge_projections::events::EventRow::from_row(&row).map_err(ApiError::internal)?;
+    let row = find_event(&state, caller.tenant(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no event `{id}`")))?;
     let runs = super::runs::runs_for_event(&state, caller.tenant(), &id).await?;
     let mut body = event_json(&row);
     if let Some(map) = body.as_object_mut() {

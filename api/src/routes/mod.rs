@@ -2,6 +2,7 @@
 
 pub mod apps;
 pub mod events;
+pub mod gql;
 pub mod runs;
 pub mod system;
 pub mod webhooks;
@@ -20,6 +21,16 @@ use crate::platform::Platform;
 #[derive(Clone)]
 pub struct AppState {
     pub platform: Arc<Platform>,
+    pub gql: gql::GqlSchema,
+}
+
+impl AppState {
+    pub fn new(platform: Platform) -> Self {
+        Self {
+            platform: Arc::new(platform),
+            gql: gql::schema(),
+        }
+    }
 }
 
 impl AppState {
@@ -37,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         // The SDK protocol.
         .route("/e/{key}", post(events::send_with_key))
         .route("/fn/register", post(apps::register))
+        .route("/v0/gql", post(gql::handle))
         .route("/v0/runs/{id}/batch", get(runs::protocol_batch))
         .route("/v0/runs/{id}/actions", get(runs::protocol_actions))
         // The REST API.

@@ -264,7 +264,7 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
                     list.push(json!({"attempt": failed.attempt, "error": failed.error, "at": at, "retry_at": failed.retry_at.to_rfc3339()}));
                 }
             }
-            RunEvent::StepsPlanned { steps: planned } => {
+            RunEvent::StepsPlanned { steps: planned, .. } => {
                 for p in planned {
                     let s = step(&mut steps, &p.step_id, &p.name);
                     s.insert("kind".into(), json!(StepKind::Run));
