@@ -119,6 +119,8 @@ pub enum StepKind {
     Sleep,
     WaitForEvent,
     Invoke,
+    /// A request to an LLM provider that the server made for the app (`step.ai.infer`).
+    Ai,
 }
 
 /// What a call is made for.
@@ -168,6 +170,9 @@ pub struct CallFinished {
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The app's SDK changed its execution version (`x-inngest-req-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_version: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -430,9 +435,10 @@ pub struct RunState {
     pub call_attempts: u32,
     /// Source of call tokens; only ever increases.
     pub last_token: u64,
-    /// Steps ran in parallel at some point: from then on the app must plan every new
-    /// step instead of running it inline (the protocol's `disable_immediate_execution`).
+    /// Steps ran in parallel at some point (see [`RunState::force_step_plan`]).
     pub parallel: bool,
+    /// The execution version of the app's SDK, from its last answer that said (0: unknown).
+    pub request_version: u32,
     /// The parallel steps still running; the run resumes when none is left (or at the
     /// first one to finish, when `group_race`).
     pub group: std::collections::BTreeSet<String>,
@@ -466,6 +472,7 @@ impl Default for RunState {
             call_attempts: 0,
             last_token: 0,
             parallel: false,
+            request_version: 0,
             group: std::collections::BTreeSet::new(),
             group_race: false,
             output: None,
@@ -486,6 +493,16 @@ impl RunState {
                 not_before,
             },
         );
+    }
+
+    /// Whether the app must plan every new step instead of running it inline (the
+    /// protocol's `disable_immediate_execution`): once steps ran in parallel, an inline
+    /// step could race its siblings. As Inngest's executor does, SDKs of execution
+    /// version 2 or later get inline execution back once no parallel step is left.
+    pub fn force_step_plan(&self) -> bool {
+        let in_flight =
+            !self.group.is_empty() || self.due.keys().any(|t| matches!(t, CallTarget::Step(_)));
+        self.parallel && (self.request_version < 2 || in_flight)
     }
 
     fn finish(&mut self, status: RunStatus, at: DateTime<Utc>) {
@@ -593,6 +610,12 @@ pub enum Op {
         /// Chosen by the caller so that `decide` stays pure.
         child_run_id: Uuid,
     },
+    /// The answer of an LLM provider to a request the server made for the app.
+    AiResponse {
+        id: String,
+        name: String,
+        output: Value,
+    },
 }
 
 /// What one call to the app answered.
@@ -621,6 +644,8 @@ pub enum RunCommand {
         outcome: CallOutcome,
         started_at: DateTime<Utc>,
         finished_at: DateTime<Utc>,
+        /// The execution version the app's SDK answered with (`x-inngest-req-version`).
+        request_version: Option<u32>,
     },
     CompleteSleep {
         step_id: String,
@@ -692,6 +717,9 @@ impl Decider for Run {
                 state.make_due(CallTarget::Discovery, 0, None);
             }
             RunEvent::CallFinished(e) => {
+                if let Some(version) = e.request_version {
+                    state.request_version = version;
+                }
                 if state.due.get(&e.target).is_some_and(|d| d.token == e.token) {
                     state.due.remove(&e.target);
                 }
@@ -807,7 +835,14 @@ impl Decider for Run {
                 outcome,
                 started_at,
                 finished_at,
-            } => decide_call(state, target, token, outcome, started_at, finished_at),
+                request_version,
+            } => decide_call(
+                state,
+                (target, token),
+                outcome,
+                (started_at, finished_at),
+                request_version,
+            ),
             RunCommand::CompleteSleep { step_id, at } => match state.waiting.get(&step_id) {
                 Some(Waiting::Sleep { until }) if at < *until => Err(RunError::TooEarly {
                     step_id,
@@ -907,11 +942,10 @@ fn completed(
 
 fn decide_call(
     state: &RunState,
-    target: CallTarget,
-    token: u64,
+    (target, token): (CallTarget, u64),
     outcome: CallOutcome,
-    started_at: DateTime<Utc>,
-    finished_at: DateTime<Utc>,
+    (started_at, finished_at): (DateTime<Utc>, DateTime<Utc>),
+    request_version: Option<u32>,
 ) -> Result<Vec<RunEvent>, RunError> {
     let due = match state.due.get(&target) {
         Some(due) if due.token == token => due,
@@ -923,6 +957,8 @@ fn decide_call(
         attempt: due.attempt,
         started_at,
         finished_at,
+        // Recorded when it changes only: it is the same on almost every call.
+        request_version: request_version.filter(|v| *v != state.request_version),
     })];
     match outcome {
         CallOutcome::Completed { output } => {
@@ -1002,7 +1038,8 @@ fn decide_op(
         | Op::StepPlanned { id, .. }
         | Op::Sleep { id, .. }
         | Op::WaitForEvent { id, .. }
-        | Op::InvokeFunction { id, .. } => id.clone(),
+        | Op::InvokeFunction { id, .. }
+        | Op::AiResponse { id, .. } => id.clone(),
     };
     // A step the run already knows about (memoized, waiting, or planned) may be reported
     // again by a discovery call while it is in flight; only its own call may finish it.
@@ -1019,6 +1056,15 @@ fn decide_op(
                 step_id: id,
                 name,
                 kind: StepKind::Run,
+                output: StepOutput::Data(output),
+                at: now,
+            }));
+        }
+        Op::AiResponse { id, name, output } => {
+            events.push(RunEvent::StepCompleted(StepCompleted {
+                step_id: id,
+                name,
+                kind: StepKind::Ai,
                 output: StepOutput::Data(output),
                 at: now,
             }));
@@ -1147,6 +1193,7 @@ mod tests {
             attempt,
             started_at: t(1),
             finished_at: t(2),
+            request_version: None,
         })
     }
 
@@ -1157,6 +1204,7 @@ mod tests {
             outcome,
             started_at: t(1),
             finished_at: t(2),
+            request_version: None,
         }
     }
 
@@ -1539,6 +1587,65 @@ mod tests {
             vec![&CallTarget::Discovery]
         );
         assert!(after_b.group.is_empty());
+    }
+
+    #[test]
+    fn steps_are_planned_while_parallel_steps_run_and_after_them_for_old_sdks() {
+        let given = vec![created()];
+        let discovery = RunCommand::RecordCall {
+            target: CallTarget::Discovery,
+            token: 1,
+            outcome: CallOutcome::Ops(vec![plan_op("a", false), plan_op("b", false)]),
+            started_at: t(1),
+            finished_at: t(2),
+            request_version: Some(2),
+        };
+        let events = Spec::given(given.clone()).when(discovery).events();
+        assert!(
+            matches!(&events[0], RunEvent::CallFinished(f) if f.request_version == Some(2)),
+            "the version is recorded when it changes: {events:?}"
+        );
+        let mut history = given;
+        history.extend(events);
+        let running = Run::fold(history.iter());
+        assert!(running.force_step_plan(), "a and b are running");
+
+        for (token, id) in [(2, "a"), (3, "b")] {
+            let events = Spec::given(history.clone())
+                .when(RunCommand::RecordCall {
+                    target: CallTarget::Step(id.into()),
+                    token,
+                    outcome: CallOutcome::Ops(vec![step_run(id, json!(id))]),
+                    started_at: t(3),
+                    finished_at: t(4),
+                    request_version: Some(2),
+                })
+                .events();
+            assert!(
+                matches!(&events[0], RunEvent::CallFinished(f) if f.request_version.is_none()),
+                "an unchanged version is not repeated: {events:?}"
+            );
+            history.extend(events);
+        }
+        let done = Run::fold(history.iter());
+        assert!(done.parallel);
+        assert!(
+            !done.force_step_plan(),
+            "version 2: inline execution is back once the group is done"
+        );
+
+        // An SDK that never said its version keeps planning every step.
+        let old: Vec<RunEvent> = history
+            .into_iter()
+            .map(|e| match e {
+                RunEvent::CallFinished(f) => RunEvent::CallFinished(CallFinished {
+                    request_version: None,
+                    ..f
+                }),
+                other => other,
+            })
+            .collect();
+        assert!(Run::fold(old.iter()).force_step_plan());
     }
 
     #[test]

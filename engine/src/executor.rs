@@ -10,6 +10,7 @@ use flowforge_domain::{Actor, EventMetadata, TenantId};
 use uuid::Uuid;
 
 use crate::EngineContext;
+use crate::ai_gateway;
 use crate::protocol::{self, CallResponse};
 use crate::queue::Job;
 
@@ -104,25 +105,35 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
             .version(&job.tenant, &function_ref.function_id, function_ref.version);
 
     let started_at = Utc::now();
-    let outcome = match function {
-        None => CallOutcome::Failed {
-            status: None,
-            error: StepError::new(
-                "FunctionNotFound",
-                format!(
-                    "function `{}` is no longer registered by any app",
-                    function_ref.function_id
+    let (outcome, request_version) = match function {
+        None => (
+            CallOutcome::Failed {
+                status: None,
+                error: StepError::new(
+                    "FunctionNotFound",
+                    format!(
+                        "function `{}` is no longer registered by any app",
+                        function_ref.function_id
+                    ),
                 ),
-            ),
-            retriable: false,
-            retry_after: None,
-        },
+                retriable: false,
+                retry_after: None,
+            },
+            None,
+        ),
         Some(function) => call_app(context, &loaded, &function.spec.url, job, due.attempt).await,
     };
     let finished_at = Utc::now();
-    record(context, job, loaded, outcome, started_at, finished_at)
-        .await
-        .map(|state| (job.clone(), state))
+    record(
+        context,
+        job,
+        loaded,
+        outcome,
+        (started_at, finished_at),
+        request_version,
+    )
+    .await
+    .map(|state| (job.clone(), state))
 }
 
 async fn call_app(
@@ -131,7 +142,7 @@ async fn call_app(
     url: &str,
     job: &Job,
     attempt: u32,
-) -> CallOutcome {
+) -> (CallOutcome, Option<u32>) {
     let body = protocol::call_body(&loaded.state, &job.target, attempt);
     let encode = |body: &serde_json::Value| match &context.config.signing_key {
         Some(_) => protocol::canonical_bytes(body),
@@ -160,6 +171,7 @@ async fn call_app(
     }
     let started = Instant::now();
     let response = request.body(bytes).send().await;
+    let mut request_version = None;
     let outcome = match response {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -173,17 +185,26 @@ async fn call_app(
             let no_retry =
                 header("x-inngest-no-retry").is_some_and(|v| v.eq_ignore_ascii_case("true"));
             let retry_after = header("retry-after");
+            request_version = header("x-inngest-req-version").and_then(|v| v.trim().parse().ok());
             match read_limited(response).await {
-                Ok(body) => protocol::parse_response(
-                    &CallResponse {
-                        status,
-                        no_retry,
-                        retry_after: retry_after.as_deref(),
-                        body: &body,
-                    },
-                    Utc::now(),
-                    Uuid::now_v7,
-                ),
+                Ok(body) => {
+                    let outcome = protocol::parse_response(
+                        &CallResponse {
+                            status,
+                            no_retry,
+                            retry_after: retry_after.as_deref(),
+                            body: &body,
+                        },
+                        Utc::now(),
+                        Uuid::now_v7,
+                    );
+                    match outcome {
+                        CallOutcome::Ops(ops) if status == 206 => {
+                            infer_for_app(context, &loaded.state, &body, ops).await
+                        }
+                        other => other,
+                    }
+                }
                 Err(message) => CallOutcome::Failed {
                     status: None,
                     error: StepError::new("ResponseError", message),
@@ -210,7 +231,37 @@ async fn call_app(
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "app answered"
     );
-    outcome
+    (outcome, request_version)
+}
+
+/// Makes the LLM requests the app's answer asked for (`step.ai.infer`), concurrently,
+/// and adds their outcomes to the answer's ops.
+async fn infer_for_app(
+    context: &EngineContext,
+    state: &RunState,
+    answer: &[u8],
+    mut ops: Vec<flowforge_domain::run::Op>,
+) -> CallOutcome {
+    let requests = match ai_gateway::requests_in(answer) {
+        Ok(requests) => requests,
+        Err(message) => {
+            return CallOutcome::Failed {
+                status: None,
+                error: StepError::new("ProtocolError", message),
+                retriable: false,
+                retry_after: None,
+            };
+        }
+    };
+    let pending = requests
+        .iter()
+        .filter(|r| !state.steps.contains_key(&r.step_id));
+    let answers = futures::future::join_all(
+        pending.map(|r| ai_gateway::infer(&context.http, r, context.config.call_timeout)),
+    )
+    .await;
+    ops.extend(answers);
+    CallOutcome::Ops(ops)
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
@@ -235,8 +286,8 @@ async fn record(
     job: &Job,
     loaded: Loaded<RunState>,
     outcome: CallOutcome,
-    started_at: chrono::DateTime<Utc>,
-    finished_at: chrono::DateTime<Utc>,
+    (started_at, finished_at): (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+    request_version: Option<u32>,
 ) -> Option<Loaded<RunState>> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"));
@@ -251,6 +302,7 @@ async fn record(
                 outcome: outcome.clone(),
                 started_at,
                 finished_at,
+                request_version,
             })
             .await;
         match result {

@@ -17,6 +17,23 @@ pub fn event_key(tenant: &str, event_id: &str) -> Uuid {
     derive(&["event", tenant, event_id])
 }
 
+/// The stream key of the `index`-th event, sent without an id, of a request carrying
+/// Inngest's `x-inngest-event-id-seed` header (`<millis>,<entropy>`): an SDK retrying
+/// the request sends the same seed, so the retry lands on the same streams and records
+/// nothing twice. A UUIDv7 on the seed's time, its random bits derived from the tenant,
+/// seed and index. `None` when the seed is not of that shape.
+pub fn seeded_event_key(tenant: &str, seed: &str, index: usize) -> Option<Uuid> {
+    let (millis, entropy) = seed.split_once(',')?;
+    let millis: u64 = millis.trim().parse().ok()?;
+    if entropy.trim().is_empty() || millis >= 1 << 48 {
+        return None;
+    }
+    let derived = derive(&["seed", tenant, seed, &index.to_string()]);
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&derived.as_bytes()[..10]);
+    Some(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
+}
+
 /// The run a function gets for an event (one run per function per event).
 pub fn run_for_event(event_stream: &str, function_id: &str) -> Uuid {
     derive(&["run", event_stream, function_id])
@@ -48,5 +65,27 @@ mod tests {
         assert_ne!(run_for_event("event-1", "f"), run_for_event("event-1", "g"));
         // The separator keeps ("a", "bc") and ("ab", "c") apart.
         assert_ne!(event_key("a", "bc"), event_key("ab", "c"));
+    }
+
+    #[test]
+    fn seeded_event_keys_repeat_for_a_retried_request_only() {
+        let seed = "1795629626159,q83vEjRWeJCrzQ==";
+        let first = seeded_event_key("t", seed, 0).unwrap();
+        assert_eq!(Some(first), seeded_event_key("t", seed, 0));
+        assert_eq!(first.get_version_num(), 7);
+        let (secs, nanos) = first.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            secs * 1000 + u64::from(nanos) / 1_000_000,
+            1_795_629_626_159
+        );
+        assert_ne!(Some(first), seeded_event_key("t", seed, 1));
+        assert_ne!(Some(first), seeded_event_key("u", seed, 0));
+        assert_ne!(
+            Some(first),
+            seeded_event_key("t", "1795629626159,AAAAAAAAAAAAAA==", 0)
+        );
+        for bad in ["", "123", "x,abc", "123,", "-1,abc", "281474976710656,abc"] {
+            assert_eq!(seeded_event_key("t", bad, 0), None, "{bad:?}");
+        }
     }
 }

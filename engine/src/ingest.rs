@@ -37,12 +37,26 @@ pub async fn record(
     events: Vec<NewIncomingEvent>,
     source: EventSource,
 ) -> Result<Vec<String>, IngestError> {
+    record_seeded(context, metadata, events, source, None).await
+}
+
+/// [`record`], with the id seed of a request that a client may retry (Inngest's
+/// `x-inngest-event-id-seed`): events without an id get ids derived from it, so a retry
+/// answers the same ids and records nothing twice.
+pub async fn record_seeded(
+    context: &EngineContext,
+    metadata: &EventMetadata,
+    events: Vec<NewIncomingEvent>,
+    source: EventSource,
+    id_seed: Option<&str>,
+) -> Result<Vec<String>, IngestError> {
     let tenant = metadata.tenant_id.clone();
-    let appends = events.into_iter().map(|event| {
+    let appends = events.into_iter().enumerate().map(|(index, event)| {
         let metadata = metadata.clone();
         let source = source.clone();
         let tenant = tenant.clone();
-        async move { record_one(context, &tenant, metadata, event, source).await }
+        let seeded = id_seed.and_then(|seed| ids::seeded_event_key(tenant.as_str(), seed, index));
+        async move { record_one(context, &tenant, metadata, event, source, seeded).await }
     });
     futures::future::try_join_all(appends).await
 }
@@ -53,12 +67,13 @@ async fn record_one(
     metadata: EventMetadata,
     event: NewIncomingEvent,
     source: EventSource,
+    seeded: Option<Uuid>,
 ) -> Result<String, IngestError> {
     let now = Utc::now();
     let (key, id) = match event.id.filter(|id| !id.is_empty()) {
         Some(id) => (ids::event_key(tenant.as_str(), &id), id),
         None => {
-            let key = Uuid::now_v7();
+            let key = seeded.unwrap_or_else(Uuid::now_v7);
             (key, key.to_string())
         }
     };

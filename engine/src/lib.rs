@@ -10,6 +10,7 @@
 //! outstanding work from the log, and the Run decider refuses stale work, so a crash
 //! anywhere loses nothing and repeats nothing that was recorded.
 
+pub mod ai_gateway;
 pub mod cron;
 pub mod executor;
 pub mod expr;
@@ -182,6 +183,10 @@ impl Engine {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(config.executor_concurrency.max(8))
             .tcp_nodelay(true)
+            // Header names as Inngest's servers send them (`X-Api-Key`): HTTP says they
+            // are case-insensitive, but some servers and test harnesses compare them
+            // as written.
+            .http1_title_case_headers()
             .build()
             .map_err(|e| EngineError::Http(e.to_string()))?;
         let live = live::LiveFeed::start(store.clone()).await?;

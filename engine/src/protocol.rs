@@ -62,7 +62,7 @@ pub fn call_body(state: &RunState, target: &CallTarget, attempt: u32) -> Value {
             "step_id": step_id,
             "attempt": attempt,
             "max_attempts": state.max_attempts,
-            "disable_immediate_execution": state.parallel,
+                        "disable_immediate_execution": state.force_step_plan(),
             "use_api": false,
             "stack": {"stack": state.stack, "current": state.stack.len()},
             "env": "",
@@ -131,7 +131,8 @@ pub fn parse_response(
                 let mut ops = Vec::with_capacity(items.len());
                 for item in &items {
                     match parse_op(item, now, response.no_retry, &mut new_id) {
-                        Ok(op) => ops.push(op),
+                        Ok(Some(op)) => ops.push(op),
+                        Ok(None) => {}
                         Err(message) => {
                             return CallOutcome::Failed {
                                 status: None,
@@ -147,7 +148,7 @@ pub fn parse_response(
             Ok(Value::Object(item)) => {
                 // A single op not wrapped in an array (older SDKs).
                 match parse_op(&Value::Object(item), now, response.no_retry, &mut new_id) {
-                    Ok(op) => CallOutcome::Ops(vec![op]),
+                    Ok(op) => CallOutcome::Ops(op.into_iter().collect()),
                     Err(message) => CallOutcome::Failed {
                         status: None,
                         error: StepError::new("ProtocolError", message),
@@ -225,7 +226,7 @@ fn parse_op(
     now: DateTime<Utc>,
     no_retry: bool,
     new_id: &mut impl FnMut() -> Uuid,
-) -> Result<Op, String> {
+) -> Result<Option<Op>, String> {
     let id = str_field(item, "id")
         .ok_or("a step has no `id`")?
         .to_owned();
@@ -242,7 +243,7 @@ fn parse_op(
             None => Ok(default),
         }
     };
-    Ok(match op {
+    Ok(Some(match op {
         "StepRun" => Op::StepRun {
             id,
             name: display,
@@ -305,13 +306,10 @@ fn parse_op(
             id,
             name: display,
         },
-        "AIGateway" => {
-            return Err(format!(
-                "step {display} uses the AI gateway (step.ai.infer), which this FlowForge version does not support yet"
-            ));
-        }
+        // The server makes these requests itself: see `ai_gateway`.
+        "AIGateway" => return Ok(None),
         other => return Err(format!("step {display} has an unknown op `{other}`")),
-    })
+    }))
 }
 
 fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -533,8 +531,13 @@ mod tests {
         assert!(
             matches!(outcome, CallOutcome::Failed { retry_after: Some(t), .. } if t == now() + Duration::seconds(30))
         );
+        // AIGateway ops are left for the AI gateway, which the executor runs.
         assert!(matches!(
             respond(206, json!([{"id": "x", "op": "AIGateway"}])),
+            CallOutcome::Ops(ops) if ops.is_empty()
+        ));
+        assert!(matches!(
+            respond(206, json!([{"id": "x", "op": "Teleport"}])),
             CallOutcome::Failed {
                 retriable: false,
                 ..

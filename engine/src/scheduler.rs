@@ -496,10 +496,15 @@ impl Scheduler {
             (Some(output), _) => ("result", output.clone()),
             (None, Some(error)) => {
                 let mut error = crate::protocol::error_json(error);
-                // As Inngest's servers do, say how the final call failed.
-                if let (Some(status), Some(map)) = (state.failed_status, error.as_object_mut()) {
-                    map.entry("error")
-                        .or_insert_with(|| Value::String(format!("invalid status code: {status}")));
+                // Shaped as Inngest's servers shape it: the SDK's error code stays in the
+                // run's output, and `error` says how the final call failed.
+                if let Some(map) = error.as_object_mut() {
+                    map.remove("code");
+                    if let Some(status) = state.failed_status {
+                        map.entry("error").or_insert_with(|| {
+                            Value::String(format!("invalid status code: {status}"))
+                        });
+                    }
                 }
                 ("error", error)
             }

@@ -10,6 +10,7 @@ import os
 
 import flask
 import inngest
+import inngest.experimental.ai
 import inngest.flask
 
 client = inngest.Inngest(app_id="py-app", is_production=os.environ.get("APP_MODE") == "production")
@@ -95,9 +96,26 @@ def doomed(ctx: inngest.ContextSync) -> str:
     return "unreachable"
 
 
+@client.create_function(fn_id="ask", retries=2, trigger=inngest.TriggerEvent(event="py/ask"))
+def ask(ctx: inngest.ContextSync) -> dict:
+    # The provider's URL comes with the event: in tests it is a local stand-in.
+    adapter = inngest.experimental.ai.anthropic.Adapter(
+        auth_key="sk-ant-test-secret", base_url=ctx.event.data["llm"], model="claude-test-1"
+    )
+    answer = ctx.step.ai.infer(
+        "ask-model",
+        adapter=adapter,
+        body={
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": ctx.event.data["prompt"]}],
+        },
+    )
+    return {"text": answer["content"][0]["text"], "model": answer["model"]}
+
+
 app = flask.Flask(__name__)
 inngest.flask.serve(
-    app, client, [steps, wait, child, parent, sender, pinged, parallel, flaky, fatal, doomed]
+    app, client, [steps, wait, child, parent, sender, pinged, parallel, flaky, fatal, doomed, ask]
 )
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ fn record(target: CallTarget, token: u64, outcome: CallOutcome) -> RunCommand {
         outcome,
         started_at: now,
         finished_at: now,
+        request_version: Some(2),
     }
 }
 

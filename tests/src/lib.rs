@@ -23,6 +23,7 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
 }
 
 pub mod backend;
+pub mod fake_llm;
 pub mod fixtures;
 pub mod process;
 pub mod python;

@@ -30,6 +30,7 @@ fn record(target: CallTarget, token: u64, outcome: CallOutcome) -> RunCommand {
         outcome,
         started_at: Utc::now(),
         finished_at: Utc::now(),
+        request_version: Some(2),
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flowforge_tests::backend::TestBackend;
+use flowforge_tests::fake_llm::{FakeAnthropic, answer_to};
 use flowforge_tests::python::{ChildGuard, free_port, inngest_python, workspace_root};
 use flowforge_tests::server::{Api, TestServer};
 use serde_json::{Value, json};
@@ -90,7 +91,7 @@ async fn an_app_written_with_the_official_python_sdk_runs_unmodified(backend: Te
     let (_, functions) = api.get("/api/v1/functions").await;
     assert_eq!(
         functions["items"].as_array().unwrap().len(),
-        10,
+        11,
         "{functions}"
     );
 
@@ -513,7 +514,130 @@ async fn gql_answers_the_dev_server_queries(backend: TestBackend) {
     );
 }
 
+/// `step.ai.infer`: the server, not the app, calls the provider with the app's key, and
+/// the provider's answer becomes the step's memoized output. The key never reaches the log.
+async fn ai_infer_is_answered_by_the_provider_through_the_server(backend: TestBackend) {
+    let provider = FakeAnthropic::start().await;
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let Some(_app) = start_python_app(&server.url).await else {
+        return;
+    };
+    // The first request finds the provider overloaded: a 529 is retried like any step error.
+    provider.overload_next(1);
+    let run = run_for(
+        &api,
+        "py/ask",
+        json!({"llm": provider.base_url, "prompt": "durable"}),
+    )
+    .await;
+    let run = api.finished_run(&run, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"text": answer_to("durable"), "model": "claude-test-1"})
+    );
+
+    let requests = provider.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one overloaded, one answered: {requests:?}"
+    );
+    for request in &requests {
+        assert_eq!(request.path, "/v1/messages");
+        assert_eq!(request.headers["x-api-key"], "sk-ant-test-secret");
+        assert_eq!(request.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(
+            request.body,
+            json!({
+                "model": "claude-test-1",
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": "durable"}]
+            })
+        );
+    }
+    let step = &run["steps"][0];
+    assert_eq!(step["kind"], "ai", "{run}");
+    assert_eq!(step["name"], "ask-model", "{run}");
+    assert_eq!(
+        step["attempts"].as_array().unwrap().len(),
+        1,
+        "one failed attempt: {run}"
+    );
+    assert!(
+        step["attempts"][0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("the provider answered 529")),
+        "the provider's status is in the error: {run}"
+    );
+
+    let id = run["id"].as_str().unwrap();
+    let (status, events) = api.get(&format!("/api/v1/runs/{id}/events")).await;
+    assert_eq!(status, 200);
+    let log = events.to_string();
+    assert!(log.contains("run.step_completed"), "{log}");
+    assert!(
+        !log.contains("sk-ant-test-secret"),
+        "the provider key must not reach the log: {log}"
+    );
+}
+
+/// The SDK sends `x-inngest-event-id-seed` so that a retried send does not record twice;
+/// `GET /v1/events` lists events the way Inngest's REST API does.
+async fn a_seeded_event_is_recorded_once_and_listed(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let http = reqwest::Client::new();
+    let send = || async {
+        let response = http
+            .post(format!("{}/e/dev-key", server.url))
+            .header("x-inngest-event-id-seed", "1764000000000,q83v7w==")
+            .json(&json!([
+                {"name": "seeded/one", "data": {"n": 1}},
+                {"name": "seeded/two", "data": {"n": 2}}
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    };
+    let first = send().await;
+    let again = send().await;
+    assert_eq!(first["ids"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["ids"], again["ids"], "same seed, same ids");
+    assert_ne!(first["ids"][0], first["ids"][1]);
+
+    // The list is a read model: wait for it to catch up with both events.
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let listed = loop {
+        let (status, listed) = api.get("/v1/events?limit=10").await;
+        assert_eq!(status, 200, "{listed}");
+        if listed["data"].as_array().is_some_and(|d| d.len() >= 2) {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "recorded once, not twice: {listed}");
+    let ids: Vec<&Value> = data.iter().map(|e| &e["id"]).collect();
+    assert!(
+        ids.contains(&&first["ids"][0]) && ids.contains(&&first["ids"][1]),
+        "{listed}"
+    );
+    let one = data.iter().find(|e| e["name"] == "seeded/one").unwrap();
+    assert_eq!(one["data"], json!({"n": 1}));
+    assert!(one["ts"].as_i64().is_some_and(|ts| ts > 0), "{one}");
+
+    let (status, body) = api.get("/v1/events?limit=nope").await;
+    assert_eq!(status, 400, "{body}");
+}
+
 flowforge_tests::on_both_backends!(
+    ai_infer_is_answered_by_the_provider_through_the_server,
+    a_seeded_event_is_recorded_once_and_listed,
     gql_answers_the_dev_server_queries,
     an_app_written_with_the_official_python_sdk_runs_unmodified,
     production_mode_keys_and_signatures_work_both_ways,

@@ -405,6 +405,7 @@ fn run_events(run_id: Uuid) -> Vec<NewEvent> {
             attempt: 0,
             started_at: now,
             finished_at: now,
+            request_version: None,
         }));
         events.push(RunEvent::StepCompleted(StepCompleted {
             step_id: step.into(),

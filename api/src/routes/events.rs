@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use flowforge_domain::event::EventSource;
 use flowforge_engine::NewIncomingEvent;
 use flowforge_engine::ingest::{self, IngestError};
@@ -18,6 +18,13 @@ use crate::error::ApiError;
 pub const MAX_EVENTS_PER_REQUEST: usize = 5_000;
 const MAX_NAME_LEN: usize = 256;
 const MAX_ID_LEN: usize = 256;
+
+/// The id seed of a request an SDK may retry (Inngest's `x-inngest-event-id-seed`).
+fn id_seed(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-inngest-event-id-seed")
+        .and_then(|v| v.to_str().ok())
+}
 
 /// Reads a request body up to `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
@@ -211,12 +218,21 @@ impl From<IngestError> for ApiError {
 async fn ingest_body(
     state: &AppState,
     caller: &Caller,
+    headers: &HeaderMap,
     body: Body,
-    source: EventSource,
 ) -> Result<Vec<String>, ApiError> {
     let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
     let events = parse_events(parse_json(&bytes)?)?;
-    Ok(ingest::record(state.engine()?, &caller.metadata(), events, source).await?)
+    let engine = state.engine()?;
+    let metadata = caller.metadata();
+    Ok(ingest::record_seeded(
+        engine,
+        &metadata,
+        events,
+        EventSource::Api,
+        id_seed(headers),
+    )
+    .await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,10 +250,11 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<SendQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     if !query.wait {
-        let ids = ingest_body(&state, &caller, body, EventSource::Api).await?;
+        let ids = ingest_body(&state, &caller, &headers, body).await?;
         return Ok(Json(json!({ "ids": ids, "status": 200 })));
     }
     let engine = state.engine()?;
@@ -264,7 +281,15 @@ pub async fn send(
         .sum();
     // Listen before recording, so no run can start and finish unseen.
     let mut feed = engine.live.listen();
-    let ids = ingest::record(engine, &caller.metadata(), events, EventSource::Api).await?;
+    let metadata = caller.metadata();
+    let ids = ingest::record_seeded(
+        engine,
+        &metadata,
+        events,
+        EventSource::Api,
+        id_seed(&headers),
+    )
+    .await?;
     let timeout = std::time::Duration::from_secs(query.timeout.unwrap_or(30).clamp(1, 300));
     let (runs, complete) =
         match tokio::time::timeout(timeout, wait_for_runs(&mut feed, &ids, expected)).await {
@@ -334,6 +359,7 @@ pub async fn send_with_key(
     State(state): State<AppState>,
     Path(key): Path<String>,
     caller: Caller,
+    headers: HeaderMap,
     body: Body,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -368,7 +394,15 @@ pub async fn send_with_key(
         let ids = if events.is_empty() {
             Vec::new()
         } else {
-            ingest::record(state.engine()?, &metadata, events, EventSource::EventKey).await?
+            let seed = id_seed(&headers);
+            ingest::record_seeded(
+                state.engine()?,
+                &metadata,
+                events,
+                EventSource::EventKey,
+                seed,
+            )
+            .await?
         };
         Ok::<_, ApiError>((ids, invalid))
     }
@@ -432,8 +466,57 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<ListEvents>,
 ) -> Result<Json<Page>, ApiError> {
-    use flowforge_projections::document::Document;
     let limit = page_limit(query.limit)?;
+    let rows = newest_events(&state, caller.tenant(), &query, limit).await?;
+    Ok(Json(Page::new(rows, limit, event_json, |r| {
+        super::cursor(r.received_at, &r.stream_id)
+    })))
+}
+
+/// `GET /v1/events`: the listing of Inngest's REST API (`{"data": [...]}`, each event
+/// with its `internal_id`), for tools and SDK tests written against Inngest.
+pub async fn list_inngest(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListEvents>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let rows = newest_events(&state, caller.tenant(), &query, limit).await?;
+    let more = rows.len() > limit as usize;
+    let cursor = rows
+        .get(limit as usize - 1)
+        .filter(|_| more)
+        .map(|r| super::cursor(r.received_at, &r.stream_id));
+    let data: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|row| {
+            json!({
+                "internal_id": row.stream_id.strip_prefix("event-").unwrap_or(&row.stream_id),
+                "id": row.id,
+                "name": row.name,
+                "data": serde_json::from_str::<Value>(&row.data).unwrap_or(Value::Null),
+                "ts": row.ts,
+                "receivedAt": chrono::DateTime::from_timestamp_millis(row.received_at)
+                    .map(|t| t.to_rfc3339()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "data": data,
+        "cursor": cursor,
+        "metadata": {"fetched_at": chrono::Utc::now().to_rfc3339()},
+    })))
+}
+
+/// Up to `limit + 1` events, newest first, from the query's cursor on.
+async fn newest_events(
+    state: &AppState,
+    tenant: &str,
+    query: &ListEvents,
+    limit: u32,
+) -> Result<Vec<flowforge_projections::events::EventRow>, ApiError> {
+    use flowforge_projections::document::Document;
     let (before_at, before_key) = super::parse_cursor(query.cursor.as_deref())?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 \
@@ -441,7 +524,7 @@ pub async fn list(
            AND (received_at < $3 OR (received_at = $3 AND stream_id < $4)) \
          ORDER BY received_at DESC, stream_id DESC LIMIT $5"
     )))
-    .bind(caller.tenant())
+    .bind(tenant)
     .bind(query.name.as_deref())
     .bind(before_at)
     .bind(before_key)
@@ -449,14 +532,10 @@ pub async fn list(
     .fetch_all(state.platform.read_db.pool())
     .await
     .map_err(ApiError::internal)?;
-    let rows: Vec<_> = rows
-        .iter()
+    rows.iter()
         .map(flowforge_projections::events::EventRow::from_row)
         .collect::<Result<_, _>>()
-        .map_err(ApiError::internal)?;
-    Ok(Json(Page::new(rows, limit, event_json, |r| {
-        super::cursor(r.received_at, &r.stream_id)
-    })))
+        .map_err(ApiError::internal)
 }
 
 /// `GET /api/v1/events/{id}`: the event and the runs it triggered.

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/e/{key}", post(events::send_with_key))
         .route("/fn/register", post(apps::register))
         .route("/v0/gql", post(gql::handle))
+        .route("/v1/events", get(events::list_inngest))
         .route("/v0/runs/{id}/batch", get(runs::protocol_batch))
         .route("/v0/runs/{id}/actions", get(runs::protocol_actions))
         // The REST API.
