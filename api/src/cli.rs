@@ -26,7 +26,7 @@ enum Command {
     /// Run FlowForge for local development: embedded SQLite, no other software.
     Dev(DevArgs),
     /// Run FlowForge in production (PostgreSQL; settings from FLOWFORGE_* variables).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the databases, then exit.
     Migrate(StorageArgs),
     /// Inspect and rebuild read models.
@@ -81,6 +81,10 @@ impl StorageArgs {
 /// Settings of the execution engine, shared by `dev` and `serve`.
 #[derive(Args, Debug, Clone)]
 struct EngineArgs {
+    /// This process's name, recorded in the metadata of the events it appends
+    /// (default: `<hostname>-<pid>`).
+    #[arg(long, env = "FLOWFORGE_INSTANCE")]
+    instance: Option<String>,
     /// Largest accepted event request, in bytes.
     #[arg(long, env = "FLOWFORGE_MAX_EVENT_BYTES", default_value_t = 512 * 1024)]
     max_event_bytes: usize,
@@ -149,6 +153,12 @@ impl EngineArgs {
             signing_key: self.signing_key.clone().filter(|k| !k.is_empty()),
             server_kind,
             max_call_bytes: self.max_call_bytes,
+            job_lease: None,
+            instance: self
+                .instance
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(flowforge_engine::default_instance),
         }
     }
 }
@@ -178,14 +188,79 @@ struct ServeArgs {
     port: u16,
     #[command(flatten)]
     storage: StorageArgs,
-    /// NATS server for work distribution across processes.
-    #[arg(long, env = "FLOWFORGE_NATS_URL")]
-    nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// /ready answers 503 while a read model is more than this many log positions behind.
     #[arg(long, env = "FLOWFORGE_READY_MAX_LAG", default_value_t = 10_000)]
     ready_max_lag: u64,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// NATS JetStream, for work distribution across processes.
+#[derive(Args, Debug)]
+struct NatsArgs {
+    /// NATS server(s), e.g. nats://nats-1:4222,nats://nats-2:4222. Without it, work stays
+    /// in each process (one process does all of it).
+    #[arg(long, env = "FLOWFORGE_NATS_URL")]
+    nats_url: Option<String>,
+    /// NATS credentials file (.creds), for NGS/operator-mode servers.
+    #[arg(long, env = "FLOWFORGE_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    #[arg(long, env = "FLOWFORGE_NATS_USER")]
+    nats_user: Option<String>,
+    #[arg(long, env = "FLOWFORGE_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    #[arg(long, env = "FLOWFORGE_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// Require TLS to NATS (the system's root certificates).
+    #[arg(long, env = "FLOWFORGE_NATS_TLS", default_value_t = false)]
+    nats_tls: bool,
+    /// Prefix of FlowForge's stream and subjects (`<PREFIX>_JOBS`, `<prefix>.jobs.<tenant>`).
+    #[arg(long, env = "FLOWFORGE_NATS_PREFIX", default_value = "FLOWFORGE")]
+    nats_prefix: String,
+    /// Replicas of the job stream (1 on one server; 3 on a cluster).
+    #[arg(long, env = "FLOWFORGE_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
+    /// Seconds a delivered job may go unacknowledged before JetStream delivers it again
+    /// (executors touch jobs they are working on every third of it).
+    #[arg(long, env = "FLOWFORGE_NATS_ACK_WAIT_SECS", default_value_t = 30)]
+    nats_ack_wait_secs: u64,
+    /// Seconds after which a queued job whose run has not moved on is queued again
+    /// (default: the call timeout plus the ack wait).
+    #[arg(long, env = "FLOWFORGE_JOB_LEASE_SECS")]
+    job_lease_secs: Option<u64>,
+}
+
+impl NatsArgs {
+    fn settings(
+        &self,
+    ) -> anyhow::Result<Option<flowforge_engine::queue::jetstream::JetStreamSettings>> {
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        if self.nats_prefix.is_empty()
+            || !self
+                .nats_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            anyhow::bail!("FLOWFORGE_NATS_PREFIX must be letters, digits, `_` or `-`");
+        }
+        let mut settings = flowforge_engine::queue::jetstream::JetStreamSettings::new(url.clone());
+        settings.prefix = self.nats_prefix.clone();
+        settings.replicas = self.nats_replicas.max(1);
+        settings.ack_wait = std::time::Duration::from_secs(self.nats_ack_wait_secs.max(1));
+        settings.credentials_file = self.nats_creds.clone();
+        settings.user_password = match (&self.nats_user, &self.nats_password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("FLOWFORGE_NATS_USER and FLOWFORGE_NATS_PASSWORD go together"),
+        };
+        settings.token = self.nats_token.clone();
+        settings.tls_required = self.nats_tls;
+        Ok(Some(settings))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     data_dir: args.data_dir,
                     durability: args.sqlite_durability,
                 },
-                nats_url: None,
+                nats: None,
                 ready_max_lag: 10_000,
                 max_event_bytes: args.engine.max_event_bytes,
                 engine: args.engine.engine_config("dev"),
@@ -269,10 +344,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 host: args.host,
                 port: args.port,
                 storage: args.storage.storage()?,
-                nats_url: args.nats_url,
+                nats: args.nats.settings()?,
                 ready_max_lag: args.ready_max_lag,
                 max_event_bytes: args.engine.max_event_bytes,
-                engine: args.engine.engine_config("cloud"),
+                engine: {
+                    let mut engine = args.engine.engine_config("cloud");
+                    if args.nats.nats_url.is_some() {
+                        engine.job_lease = Some(match args.nats.job_lease_secs {
+                            Some(secs) => std::time::Duration::from_secs(secs.max(1)),
+                            None => {
+                                engine.call_timeout
+                                    + std::time::Duration::from_secs(args.nats.nats_ack_wait_secs)
+                            }
+                        });
+                    }
+                    engine
+                },
                 inngest_keys: args.engine.inngest_keys(),
             };
             run_server(config).await

@@ -89,7 +89,8 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub storage: Storage,
-    pub nats_url: Option<String>,
+    /// NATS JetStream for work distribution across processes (production shape).
+    pub nats: Option<flowforge_engine::queue::jetstream::JetStreamSettings>,
     /// `/ready` fails while a projection is more than this many log positions behind.
     pub ready_max_lag: u64,
     /// Largest accepted event request body, in bytes.
@@ -172,7 +173,7 @@ impl Config {
                 data_dir: data_dir.into(),
                 durability: Durability::Full,
             },
-            nats_url: None,
+            nats: None,
             ready_max_lag: 10_000,
             max_event_bytes: 512 * 1024,
             engine: flowforge_engine::EngineConfig::default(),

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use flowforge_engine::{Engine, EngineContext, InProcessQueue};
+use flowforge_engine::lease::{Leadership, PgAdvisoryLease, SoleProcess};
+use flowforge_engine::queue::jetstream::JetStreamQueue;
+use flowforge_engine::{Engine, EngineContext, InProcessQueue, WorkQueue};
 use flowforge_projections::{Projection, ProjectionRunner, ReadDb, all_projections};
 use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
 use flowforge_store::sqlite::{SqliteConfig, SqliteEventStore};
@@ -19,6 +21,10 @@ pub struct Platform {
     pub secrets: Arc<dyn flowforge_store::SecretStore>,
     pub read_db: ReadDb,
     pub projections: Vec<Arc<dyn Projection>>,
+    /// The log's PostgreSQL pool, when the log is on PostgreSQL (for the scheduler lease).
+    pg_pool: Option<sqlx::PgPool>,
+    /// The JetStream work queue, when work is distributed over NATS.
+    pub jetstream: Option<Arc<JetStreamQueue>>,
     engine: Option<Engine>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -37,6 +43,7 @@ impl Platform {
             Arc<dyn flowforge_store::SecretStore>,
             ReadDb,
         );
+        let mut pg_pool = None;
         let (store, secrets, read_db): Stores = match &config.storage {
             Storage::Postgres {
                 url,
@@ -52,6 +59,7 @@ impl Platform {
                 let read_db = ReadDb::connect_postgres(url, (*max_connections / 2).max(4))
                     .await
                     .context("opening the read-model database")?;
+                pg_pool = Some(store.pool().clone());
                 let store = Arc::new(store);
                 (store.clone(), store, read_db)
             }
@@ -79,6 +87,8 @@ impl Platform {
             secrets,
             read_db,
             projections: all_projections(),
+            pg_pool,
+            jetstream: None,
             engine: None,
             workers: Vec::new(),
         })
@@ -103,11 +113,35 @@ impl Platform {
                 .workers
                 .push(tokio::spawn(async move { runner.run().await }));
         }
-        let engine = Engine::start(
+        // On PostgreSQL any number of processes may share the log: one at a time runs
+        // the scheduler (a lease); with NATS every process's executors share the work.
+        let leadership: Arc<dyn Leadership> = match &platform.pg_pool {
+            Some(pool) => Arc::new(PgAdvisoryLease::new(pool.clone())),
+            None => Arc::new(SoleProcess),
+        };
+        let queue: Arc<dyn WorkQueue> = match &platform.config.nats {
+            Some(settings) => {
+                if platform.pg_pool.is_none() {
+                    anyhow::bail!(
+                        "work distribution over NATS needs the event log on PostgreSQL \
+                         (FLOWFORGE_DATABASE_URL=postgres://…): an embedded SQLite log \
+                         belongs to one process"
+                    );
+                }
+                let queue = JetStreamQueue::connect(settings.clone())
+                    .await
+                    .with_context(|| format!("connecting to NATS JetStream at {}", settings.url))?;
+                platform.jetstream = Some(queue.clone());
+                queue
+            }
+            None => Arc::new(InProcessQueue::new()),
+        };
+        let engine = Engine::start_with_leadership(
             platform.store.clone(),
             platform.read_db.clone(),
-            Arc::new(InProcessQueue::new()),
+            queue,
             platform.config.engine.clone(),
+            leadership,
         )
         .await
         .context("starting the execution engine")?;

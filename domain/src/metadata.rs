@@ -92,6 +92,10 @@ pub struct EventMetadata {
     pub causation_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The FlowForge process that recorded the event, where several share the log
+    /// (`FLOWFORGE_INSTANCE`): tells an investigator which process made a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl EventMetadata {
@@ -102,7 +106,13 @@ impl EventMetadata {
             correlation_id: None,
             causation_id: None,
             request_id: None,
+            instance: None,
         }
+    }
+
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
     }
 
     pub fn with_correlation(mut self, correlation_id: Uuid) -> Self {

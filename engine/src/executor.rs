@@ -76,15 +76,27 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
     let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
     let _guard = span.enter();
     let stream = flowforge_domain::run::stream_id(job.run_id);
-    let loaded = match context.cache.get(job.run_id) {
-        Some(loaded) => loaded,
-        None => match context.commands.load::<Run>(&stream).await {
-            Ok(loaded) => loaded,
+    let load = || async {
+        match context.commands.load::<Run>(&stream).await {
+            Ok(loaded) => Some(loaded),
             Err(error) => {
                 tracing::warn!(run_id = %job.run_id, %error, "cannot load the run; the job will be derived again");
-                return None;
+                None
             }
-        },
+        }
+    };
+    let holds_job = |loaded: &Loaded<RunState>| {
+        loaded
+            .state
+            .due
+            .get(&job.target)
+            .is_some_and(|d| d.token == job.token)
+    };
+    let loaded = match context.cache.get(job.run_id) {
+        // The cache may be behind the log (another process appended since): a job it
+        // does not know may be newer than it, so only the stream can call it stale.
+        Some(cached) if holds_job(&cached) => cached,
+        _ => load().await?,
     };
     let Some(due) = loaded
         .state
@@ -99,10 +111,22 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
         return None; // early: its timer queues it again when it is due
     }
     let function_ref = loaded.state.function.clone()?;
-    let function =
+    let mut function =
         context
             .registry
             .version(&job.tenant, &function_ref.function_id, function_ref.version);
+    if function.is_none() {
+        // This process's registry may be behind the log (another process took the
+        // sync); only the log can say the function is gone.
+        if let Err(error) = context.registry.load(&*context.store).await {
+            tracing::warn!(%error, "cannot reload the function registry; the job will be derived again");
+            return None;
+        }
+        function =
+            context
+                .registry
+                .version(&job.tenant, &function_ref.function_id, function_ref.version);
+    }
 
     let started_at = Utc::now();
     let (outcome, request_version) = match function {
@@ -290,7 +314,8 @@ async fn record(
     request_version: Option<u32>,
 ) -> Option<Loaded<RunState>> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
-    let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"));
+    let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"))
+        .with_instance(context.config.instance.clone());
     let mut backoff = std::time::Duration::from_millis(50);
     let mut known = Some(loaded);
     loop {

@@ -16,6 +16,7 @@ pub mod executor;
 pub mod expr;
 pub mod ids;
 pub mod ingest;
+pub mod lease;
 pub mod live;
 pub mod protocol;
 pub mod queue;
@@ -54,6 +55,22 @@ pub struct EngineConfig {
     /// A call whose body would be larger than this asks the app to fetch the run's
     /// events and steps through the API instead (the protocol's `use_api`).
     pub max_call_bytes: usize,
+    /// With a queue that may lose jobs (JetStream), a queued job whose run has not
+    /// moved on after this long is queued again. `None` for the in-process queue.
+    pub job_lease: Option<Duration>,
+    /// This process's name in the log's metadata (`FLOWFORGE_INSTANCE`).
+    pub instance: String,
+}
+
+/// A name for this process: `<host>-<pid>`.
+pub fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flowforge".into());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Default for EngineConfig {
@@ -66,6 +83,8 @@ impl Default for EngineConfig {
             signing_key: None,
             server_kind: "dev",
             max_call_bytes: 4 * 1024 * 1024,
+            job_lease: None,
+            instance: default_instance(),
         }
     }
 }
@@ -180,6 +199,19 @@ impl Engine {
         queue: Arc<dyn WorkQueue>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
+        Self::start_with_leadership(store, read_db, queue, config, Arc::new(lease::SoleProcess))
+            .await
+    }
+
+    /// Builds the engine for one of several processes: executors start at once, the
+    /// scheduler whenever this process holds the `scheduler` lease.
+    pub async fn start_with_leadership(
+        store: Arc<dyn EventStore>,
+        read_db: ReadDb,
+        queue: Arc<dyn WorkQueue>,
+        config: EngineConfig,
+        leadership: Arc<dyn lease::Leadership>,
+    ) -> Result<Self, EngineError> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(config.executor_concurrency.max(8))
             .tcp_nodelay(true)
@@ -203,8 +235,15 @@ impl Engine {
             config,
         });
         let mut tasks = Vec::new();
-        let scheduler = scheduler::Scheduler::prepare(context.clone()).await?;
-        tasks.push(tokio::spawn(scheduler.run()));
+        if leadership.is_sole() {
+            // Start-up errors surface here rather than in a retry loop.
+            let scheduler = scheduler::Scheduler::prepare(context.clone()).await?;
+            tasks.push(tokio::spawn(scheduler.run()));
+        } else {
+            let from = context.registry.load(&*context.store).await?;
+            tasks.push(tokio::spawn(registry::follow(context.clone(), from)));
+            tasks.push(tokio::spawn(lead(context.clone(), leadership)));
+        }
         for worker in 0..context.config.executor_concurrency.max(1) {
             tasks.push(tokio::spawn(executor::work(context.clone(), worker)));
         }
@@ -214,6 +253,27 @@ impl Engine {
     pub fn stop(&mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
+        }
+    }
+}
+
+/// Runs the scheduler while this process holds its lease, and waits for the lease again
+/// when it is lost.
+async fn lead(context: Arc<EngineContext>, leadership: Arc<dyn lease::Leadership>) {
+    loop {
+        let mut lease = leadership.acquire(scheduler::NAME).await;
+        match scheduler::Scheduler::prepare(context.clone()).await {
+            Ok(scheduler) => {
+                tokio::select! {
+                    _ = scheduler.run() => {}
+                    _ = lease.lost() => tracing::warn!("scheduler stopped: its lease was lost"),
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "the scheduler cannot start; trying again");
+                drop(lease);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

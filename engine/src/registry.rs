@@ -252,3 +252,24 @@ impl Registry {
         functions
     }
 }
+
+/// Keeps a process's registry current from the log when it does not run the scheduler
+/// (which applies app events itself as it reads them): executors in every process
+/// need to know where each app lives.
+pub async fn follow(context: std::sync::Arc<crate::EngineContext>, from: u64) {
+    let filter = LogFilter::all().event_types(AppEvent::TYPES.iter().copied());
+    let mut subscription = flowforge_store::subscribe(context.store.clone(), from, filter);
+    loop {
+        match subscription.next_batch(100).await {
+            Ok(events) => {
+                for event in &events {
+                    context.registry.apply(event);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "registry: reading the log failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -48,6 +48,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 enum Timer {
     Enqueue(Job),
+    /// A queued job should have made progress by now: queue it again if it has not.
+    Reconcile {
+        job: Job,
+        attempt: u32,
+    },
     SleepDone {
         run_id: Uuid,
         step_id: String,
@@ -481,9 +486,22 @@ impl Scheduler {
     async fn flush_enqueued(&mut self) {
         for job in std::mem::take(&mut self.to_enqueue) {
             if let Err(error) = self.context.queue.enqueue(job.clone()).await {
+                // The reconciler below queues it again.
                 tracing::error!(%error, run_id = %job.run_id, "cannot queue a call");
             }
+            self.watch_job(job, 0);
         }
+    }
+
+    /// With a queue that may lose jobs, checks back after the job lease: a job whose
+    /// run has not moved on by then is queued again (with a longer lease each time).
+    fn watch_job(&mut self, job: Job, attempt: u32) {
+        let Some(lease) = self.context.config.job_lease else {
+            return;
+        };
+        let lease = lease.saturating_mul(1 << attempt.min(4));
+        let at = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        self.timers.add(at, Timer::Reconcile { job, attempt });
     }
 
     /// A run finished: announce it, and resume the parent that invoked it.
@@ -902,6 +920,20 @@ impl Scheduler {
                     .is_some_and(|d| d.token == job.token);
                 if still_due {
                     self.enqueue(job);
+                }
+            }
+            Timer::Reconcile { job, attempt } => {
+                let still_due = self
+                    .runs
+                    .get(&job.run_id)
+                    .and_then(|t| t.state.due.get(&job.target))
+                    .is_some_and(|d| d.token == job.token);
+                if still_due {
+                    tracing::warn!(run_id = %job.run_id, target = ?job.target, attempt, "a job made no progress within its lease; queueing it again");
+                    if let Err(error) = self.context.queue.requeue(job.clone(), attempt + 1).await {
+                        tracing::error!(%error, run_id = %job.run_id, "cannot queue a call again");
+                    }
+                    self.watch_job(job, attempt + 1);
                 }
             }
             Timer::SleepDone { run_id, step_id } => {

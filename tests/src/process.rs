@@ -102,6 +102,23 @@ impl ServerProcess {
         }
     }
 
+    /// Sets an environment variable for the process (from its next start).
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.envs.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Uses NATS JetStream for work, with this stream prefix, as `instance`.
+    pub fn with_nats(&mut self, url: &str, prefix: &str, instance: &str) -> &mut Self {
+        self.set_env("FLOWFORGE_NATS_URL", url)
+            .set_env("FLOWFORGE_NATS_PREFIX", prefix)
+            .set_env("FLOWFORGE_INSTANCE", instance)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts the process and waits until it answers `/health`.
     pub async fn start(&mut self) {
         let log = std::fs::OpenOptions::new()

@@ -53,7 +53,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         && projections
             .iter()
             .all(|p| p.checkpoint.is_some() && p.lag <= max_lag);
-    let is_ready = log_ok && read_ok && projections_ok;
+    let nats = platform.jetstream.as_ref().map(|q| q.is_connected());
+    let is_ready = log_ok && read_ok && projections_ok && nats != Some(false);
     let body = json!({
         "ready": is_ready,
         "checks": {
@@ -61,6 +62,10 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             "read_models": {"ok": read_ok, "error": read_error},
             "migrations": {"ok": true},
             "projections": {"ok": projections_ok, "max_lag": max_lag, "each": projection_checks},
+            "work_queue": {
+                "ok": nats != Some(false),
+                "backend": if nats.is_some() { "nats-jetstream" } else { "in-process" },
+            },
         }
     });
     let status = if is_ready {

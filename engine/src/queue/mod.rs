@@ -10,6 +10,8 @@ use flowforge_domain::run::CallTarget;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+pub mod jetstream;
+
 /// "Make this call for this run": the call for `target` that the run's state holds
 /// with `token`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +68,13 @@ pub trait WorkQueue: Send + Sync + 'static {
     }
     /// Ends a claim.
     fn release(&self, _job: &Job) {}
+    /// Queues a job again that should have made progress by now and has not: the
+    /// reconciler's remedy for a queue that may lose jobs. `attempt` counts re-queues of
+    /// this job, so a queue that drops duplicates by id can tell this one apart.
+    /// Queues that never lose a job need not do anything.
+    async fn requeue(&self, _job: Job, _attempt: u32) -> Result<(), QueueError> {
+        Ok(())
+    }
     fn name(&self) -> &'static str;
 }
 

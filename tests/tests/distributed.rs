@@ -1,0 +1,313 @@
+//! The production shape: several `flowforge serve` processes on one PostgreSQL log,
+//! sharing work over NATS JetStream. Every run completes exactly once whichever process
+//! takes its jobs, a job delivered twice runs once, and losing NATS — with or without
+//! its store — loses no run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flowforge_sdk::{App, Error, Function};
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::nats::{PrivateNats, TestNats};
+use flowforge_tests::process::ServerProcess;
+use flowforge_tests::server::{Api, SdkApp};
+use serde_json::{Value, json};
+
+fn app(server_url: String, serve_url: String) -> App {
+    App::new("dist", server_url, serve_url).function(
+        Function::new("double")
+            .trigger_event("dist/go")
+            .retries(5)
+            .handler(|ctx, step| async move {
+                let n = ctx.event["data"]["n"].as_i64().unwrap_or(0);
+                let pause = ctx.event["data"]["sleep_ms"].as_u64().unwrap_or(0);
+                let a: i64 = step
+                    .run("first", move || async move { Ok::<_, Error>(n * 2) })
+                    .await?;
+                if pause > 0 {
+                    step.sleep("pause", Duration::from_millis(pause)).await?;
+                }
+                let b: i64 = step
+                    .run("second", move || async move { Ok::<_, Error>(a + 1) })
+                    .await?;
+                Ok(json!({"n": n, "result": b}))
+            }),
+    )
+}
+
+/// Sends `count` events in batches; returns (n, event id).
+async fn send_many(api: &Api, count: usize, sleep_ms: u64) -> Vec<(i64, String)> {
+    let mut sent = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"name": "dist/go", "data": {"n": n, "sleep_ms": sleep_ms}}))
+            .collect();
+        let (status, body) = api.post("/api/v1/events", &json!(events)).await;
+        assert_eq!(status, 200, "{body}");
+        for (n, id) in chunk.iter().zip(body["ids"].as_array().unwrap()) {
+            sent.push((*n as i64, id.as_str().unwrap().to_owned()));
+        }
+    }
+    sent
+}
+
+/// Checks that every event ran exactly once with the right output and every step was
+/// recorded once. Returns how many calls each process made.
+async fn assert_each_ran_once(
+    api: &Api,
+    sent: &[(i64, String)],
+    steps: usize,
+    timeout: Duration,
+) -> HashMap<String, usize> {
+    let mut calls_by_instance: HashMap<String, usize> = HashMap::new();
+    for (n, event_id) in sent {
+        let runs = api.runs_of_event(event_id, 1, timeout).await;
+        assert_eq!(runs.len(), 1, "exactly one run per event");
+        let run = api.finished_run(&runs[0], timeout).await;
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["output"], json!({"n": n, "result": n * 2 + 1}));
+        let (_, log) = api.get(&format!("/api/v1/runs/{}/events", runs[0])).await;
+        let mut completed: HashMap<String, u32> = HashMap::new();
+        let mut finished = 0;
+        for (i, e) in log["items"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(e["stream_version"], json!(i + 1), "a gapless stream");
+            match e["event_type"].as_str().unwrap() {
+                "run.step_completed" => {
+                    *completed
+                        .entry(e["payload"]["name"].as_str().unwrap().to_owned())
+                        .or_default() += 1;
+                }
+                "run.call_finished" => {
+                    let instance = e["metadata"]["instance"].as_str().unwrap_or("?");
+                    *calls_by_instance.entry(instance.to_owned()).or_default() += 1;
+                }
+                "run.completed" => finished += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(finished, 1, "completed once: {log}");
+        assert_eq!(completed.len(), steps, "{completed:?}");
+        assert!(
+            completed.values().all(|c| *c == 1),
+            "a step was recorded twice: {completed:?}"
+        );
+    }
+    calls_by_instance
+}
+
+async fn two_processes_share_the_work_of_500_runs() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut first = ServerProcess::for_backend(&backend);
+    first.with_nats(&nats.url, &nats.prefix, "one");
+    let mut second = ServerProcess::for_backend(&backend);
+    second.with_nats(&nats.url, &nats.prefix, "two");
+    first.start().await;
+    second.start().await;
+    let api = Api::new(first.url.clone());
+    let _app = SdkApp::start(&first.url, app).await;
+
+    // Events go to both processes, as behind a load balancer.
+    let other = Api::new(second.url.clone());
+    let mut sent = send_many(&api, 250, 0).await;
+    sent.extend(send_many(&other, 250, 0).await);
+
+    let calls = assert_each_ran_once(&api, &sent, 2, Duration::from_secs(120)).await;
+    let total: usize = calls.values().sum();
+    eprintln!("calls per process: {calls:?}");
+    assert_eq!(
+        total,
+        500 * 3,
+        "three calls per run, each recorded once: {calls:?}"
+    );
+    for instance in ["one", "two"] {
+        let share = calls.get(instance).copied().unwrap_or(0);
+        assert!(
+            share >= total / 10,
+            "{instance} made {share} of {total} calls: the work is not shared ({calls:?})"
+        );
+    }
+    let (status, page) = api.get("/api/v1/events?name=dist/go&limit=500").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        500,
+        "no event lost"
+    );
+    assert!(
+        page["next_cursor"].is_null(),
+        "no event doubled: {}",
+        page["next_cursor"]
+    );
+    // Every job was acknowledged: nothing is left in the stream or pending on a consumer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (messages, unacked) = nats.stream_state().await;
+        if messages == 0 && unacked == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{messages} messages left, {unacked} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Simulates the relay publishing a job again (a crash after publishing, before its
+/// checkpoint moved): the same message id is dropped by JetStream, and a copy under a new
+/// id is delivered, found stale, and acknowledged without touching the run.
+async fn a_job_published_twice_runs_once() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut server = ServerProcess::for_backend(&backend);
+    server.with_nats(&nats.url, &nats.prefix, "solo");
+    server.start().await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, app).await;
+    let sent = send_many(&api, 1, 0).await;
+    assert_each_ran_once(&api, &sent, 2, Duration::from_secs(30)).await;
+    let run_id = api
+        .runs_of_event(&sent[0].1, 1, Duration::from_secs(5))
+        .await[0]
+        .clone();
+    let (_, before) = api.get(&format!("/api/v1/runs/{run_id}/events")).await;
+
+    // The run's first job: discovery with the run's first call token.
+    let first_call = before["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "run.call_finished")
+        .expect("a call")
+        .clone();
+    let token = first_call["payload"]["token"].as_u64().expect("token");
+    let job = json!({"tenant": "default", "run_id": run_id, "target": first_call["payload"]["target"], "token": token});
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{}.jobs.default", nats.prefix.to_lowercase());
+    let target = match &first_call["payload"]["target"] {
+        Value::String(s) => s.to_lowercase(),
+        other => format!("step-{}", other["step"].as_str().unwrap_or_default()),
+    };
+    let original_id = format!("{run_id}:{target}:{token}");
+    let ack = js
+        .send_publish(
+            subject.clone(),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(job.to_string().into())
+                .message_id(original_id),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        ack.duplicate,
+        "the relay's second publish is dropped by JetStream"
+    );
+    let ack = js
+        .send_publish(
+            subject,
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(job.to_string().into())
+                .message_id(format!("{run_id}:replayed")),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!ack.duplicate);
+    // Delivered, found stale, acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (messages, unacked) = nats.stream_state().await;
+        if messages == 0 && unacked == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy was not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, after) = api.get(&format!("/api/v1/runs/{run_id}/events")).await;
+    assert_eq!(
+        after["items"].as_array().unwrap().len(),
+        before["items"].as_array().unwrap().len(),
+        "the run did not change"
+    );
+}
+
+/// NATS is killed mid-load and comes back with its store (`wipe = false`) or without it
+/// (`wipe = true`: every queued job and the stream itself are gone). Every run completes,
+/// once: the reconciler publishes again what the log says is still due.
+async fn runs_survive_losing_nats(wipe: bool) {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(mut nats) = PrivateNats::start().await else {
+        return;
+    };
+    let mut first = ServerProcess::for_backend(&backend);
+    first
+        .with_nats(&nats.url, "FLOWFORGE", "one")
+        .set_env("FLOWFORGE_JOB_LEASE_SECS", "3");
+    let mut second = ServerProcess::for_backend(&backend);
+    second
+        .with_nats(&nats.url, "FLOWFORGE", "two")
+        .set_env("FLOWFORGE_JOB_LEASE_SECS", "3");
+    first.start().await;
+    second.start().await;
+    let api = Api::new(first.url.clone());
+    let _app = SdkApp::start(&first.url, app).await;
+
+    let sent = send_many(&api, 100, 500).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if wipe {
+        nats.wipe_store();
+    }
+    nats.restart().await;
+    assert_each_ran_once(&api, &sent, 3, Duration::from_secs(120)).await;
+}
+
+async fn runs_survive_a_nats_restart() {
+    runs_survive_losing_nats(false).await;
+}
+
+async fn runs_survive_a_nats_restart_with_its_store_deleted() {
+    runs_survive_losing_nats(true).await;
+}
+
+macro_rules! tokio_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                super::$name().await;
+            }
+        )*
+    };
+}
+
+mod production {
+    tokio_tests!(
+        two_processes_share_the_work_of_500_runs,
+        a_job_published_twice_runs_once,
+        runs_survive_a_nats_restart,
+        runs_survive_a_nats_restart_with_its_store_deleted,
+    );
+}
