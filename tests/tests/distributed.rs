@@ -292,6 +292,85 @@ async fn runs_survive_a_nats_restart_with_its_store_deleted() {
     runs_survive_losing_nats(true).await;
 }
 
+/// Two processes' queues on one JetStream: a tenant with 10,000 queued jobs does not
+/// starve another tenant's single job. (At the queue level: tenants other than the
+/// default one reach runs only with authentication, a later issue.)
+async fn a_busy_tenant_does_not_starve_a_quiet_one_across_processes() {
+    use flowforge_domain::run::CallTarget;
+    use flowforge_engine::queue::jetstream::{JetStreamQueue, JetStreamSettings};
+    use flowforge_engine::{Job, WorkQueue};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut settings = JetStreamSettings::new(nats.url.clone());
+    settings.prefix = nats.prefix.clone();
+    let one = JetStreamQueue::connect(settings.clone()).await.unwrap();
+    let two = JetStreamQueue::connect(settings).await.unwrap();
+    let job = |tenant: &str, n: u128| Job {
+        tenant: tenant.into(),
+        run_id: uuid::Uuid::from_u128(n),
+        target: CallTarget::Discovery,
+        token: 1,
+    };
+    let busy: Vec<Job> = (0..10_000).map(|n| job("busy", n)).collect();
+    futures::future::join_all(busy.chunks(500).map(|chunk| {
+        let one = one.clone();
+        let chunk = chunk.to_vec();
+        async move {
+            for job in chunk {
+                one.enqueue(job).await.unwrap();
+            }
+        }
+    }))
+    .await;
+    // Run ids are unique across tenants (message ids are made of them).
+    one.enqueue(job("quiet", 1_000_000)).await.unwrap();
+
+    // Four executors per process, each job taking 5 ms, as a quick call to an app would.
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let quiet_at = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for queue in [one.clone(), two.clone()] {
+        for _ in 0..4 {
+            let queue = queue.clone();
+            let delivered = delivered.clone();
+            let quiet_at = quiet_at.clone();
+            workers.push(tokio::spawn(async move {
+                while quiet_at.load(Ordering::SeqCst) == 0 {
+                    let Ok(Ok(delivery)) =
+                        tokio::time::timeout(Duration::from_secs(10), queue.dequeue()).await
+                    else {
+                        return;
+                    };
+                    let n = delivered.fetch_add(1, Ordering::SeqCst) + 1;
+                    if delivery.job.tenant == "quiet" {
+                        quiet_at.store(n, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    delivery.ack().await;
+                }
+            }));
+        }
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let quiet_at = quiet_at.load(Ordering::SeqCst);
+    eprintln!(
+        "the quiet tenant's job was delivery {quiet_at} of 10,001 ({} delivered)",
+        delivered.load(Ordering::SeqCst)
+    );
+    assert!(quiet_at > 0, "the quiet tenant's job was never delivered");
+    assert!(
+        quiet_at <= 100,
+        "the quiet tenant's job waited behind {} busy jobs",
+        quiet_at - 1
+    );
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -309,5 +388,6 @@ mod production {
         a_job_published_twice_runs_once,
         runs_survive_a_nats_restart,
         runs_survive_a_nats_restart_with_its_store_deleted,
+        a_busy_tenant_does_not_starve_a_quiet_one_across_processes,
     );
 }

@@ -28,9 +28,19 @@ use uuid::Uuid;
 
 #[derive(Args, Debug)]
 pub struct RunsBenchArgs {
-    /// `sqlite`, `postgres` or `both`.
+    /// `sqlite`, `postgres`, `both`, or `postgres-nats` (PostgreSQL + NATS JetStream,
+    /// `--processes` servers sharing the work).
     #[arg(long, default_value = "both")]
     backend: String,
+    /// Servers for `postgres-nats`; clients spread their requests over them.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    #[arg(
+        long,
+        env = "FLOWFORGE_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
     /// `event`, `invoke` or `both`.
     #[arg(long, default_value = "both")]
     path: String,
@@ -133,7 +143,7 @@ impl Drop for Server {
 pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
     let backends: Vec<&str> = match args.backend.as_str() {
         "both" => vec!["sqlite", "postgres"],
-        b @ ("sqlite" | "postgres") => vec![b],
+        b @ ("sqlite" | "postgres" | "postgres-nats") => vec![b],
         other => bail!("unknown backend `{other}`"),
     };
     let paths: Vec<&str> = match args.path.as_str() {
@@ -151,7 +161,7 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     "--data-dir".to_owned(),
                     dir.display().to_string(),
                 ];
-                let result = measure(&args, backend, &paths, &server_args).await;
+                let result = measure(&args, backend, &paths, &[server_args]).await;
                 // FLOWFORGE_BENCH_KEEP=1 keeps the data for inspection (e.g. per-event timings).
                 if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
                     eprintln!("kept {}", dir.display());
@@ -169,14 +179,41 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .await?;
                 let url = super::store::replace_database(&args.pg_url, &name);
-                let server_args = vec![
+                let mut server_args = vec![
                     "serve".to_owned(),
                     "--host".to_owned(),
                     "127.0.0.1".to_owned(),
                     "--database-url".to_owned(),
                     url,
                 ];
-                let result = measure(&args, backend, &paths, &server_args).await;
+                let prefix = format!("FFBENCH{}", &Uuid::new_v4().simple().to_string()[..12]);
+                let mut servers = vec![server_args.clone()];
+                let label = if backend == "postgres-nats" {
+                    server_args.extend([
+                        "--nats-url".to_owned(),
+                        args.nats_url.clone(),
+                        "--nats-prefix".to_owned(),
+                        prefix.clone(),
+                    ]);
+                    servers = (0..args.processes.max(1))
+                        .map(|i| {
+                            let mut a = server_args.clone();
+                            a.extend(["--instance".to_owned(), format!("bench-{i}")]);
+                            a
+                        })
+                        .collect();
+                    format!("postgres-nats-{}p", servers.len())
+                } else {
+                    backend.to_owned()
+                };
+                let result = measure(&args, &label, &paths, &servers).await;
+                if backend == "postgres-nats"
+                    && let Ok(client) = async_nats::connect(args.nats_url.as_str()).await
+                {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(format!("{prefix}_JOBS"))
+                        .await;
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
                     eprintln!("kept database {name}");
@@ -198,9 +235,13 @@ async fn measure(
     args: &RunsBenchArgs,
     backend: &str,
     paths: &[&str],
-    server_args: &[String],
+    servers_args: &[Vec<String>],
 ) -> anyhow::Result<()> {
-    let server = Server::start(server_args, free_port()?).await?;
+    let mut servers = Vec::new();
+    for server_args in servers_args {
+        servers.push(Server::start(server_args, free_port()?).await?);
+    }
+    let server = &servers[0];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let serve_url = format!("http://{}/api/flowforge", listener.local_addr()?);
     let app = bench_app(server.url.clone(), serve_url);
@@ -217,7 +258,12 @@ async fn measure(
         .tcp_nodelay(true)
         .build()?;
     for path in paths {
-        let call = caller(http.clone(), server.url.clone(), path);
+        let call = spread(
+            servers
+                .iter()
+                .map(|s| caller(http.clone(), s.url.clone(), path))
+                .collect(),
+        );
         for i in 0..args.warmup {
             call(format!("w{i}")).await?;
         }
@@ -293,8 +339,15 @@ async fn measure(
             "count",
         );
     }
-    if let Some(rss) = server.peak_rss_mib() {
-        emit(backend, "server", "peak_rss", rss, "MiB");
+    for (i, server) in servers.iter().enumerate() {
+        if let Some(rss) = server.peak_rss_mib() {
+            let name = if servers.len() == 1 {
+                "server".to_owned()
+            } else {
+                format!("server{i}")
+            };
+            emit(backend, &name, "peak_rss", rss, "MiB");
+        }
     }
     app_task.abort();
     Ok(())
@@ -302,6 +355,18 @@ async fn measure(
 
 type Call =
     Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// Spreads calls round-robin over several servers (as a load balancer would).
+fn spread(calls: Vec<Call>) -> Call {
+    if calls.len() == 1 {
+        return calls[0].clone();
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |id| {
+        let i = next.fetch_add(1, Ordering::Relaxed) % calls.len();
+        calls[i](id)
+    })
+}
 
 /// One run, started and waited for over HTTP; checks the answer is 3.
 fn caller(http: reqwest::Client, base: String, path: &str) -> Call {
