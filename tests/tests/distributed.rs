@@ -371,6 +371,157 @@ async fn a_busy_tenant_does_not_starve_a_quiet_one_across_processes() {
     );
 }
 
+fn chaos_app(server_url: String, serve_url: String) -> App {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let failed_once: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    App::new("chaos", server_url, serve_url).function(
+        Function::new("chaos")
+            .trigger_event("chaos/go")
+            .retries(20)
+            .handler(move |ctx, step| {
+                let failed_once = failed_once.clone();
+                async move {
+                    let n = ctx.event["data"]["n"].as_i64().unwrap_or(0);
+                    let a: i64 = step
+                        .run("first", move || async move { Ok::<_, Error>(n * 2) })
+                        .await?;
+                    step.sleep("nap", Duration::from_millis(300)).await?;
+                    // Fails its first attempt: a retry with backoff in the middle.
+                    let b: i64 = step
+                        .run("flaky", move || async move {
+                            if failed_once.lock().unwrap().insert(n) {
+                                return Err(Error::msg("the first attempt fails"));
+                            }
+                            Ok::<_, Error>(a + 1)
+                        })
+                        .await?;
+                    let ping = step
+                        .wait_for_event(
+                            "ping",
+                            "chaos/ping",
+                            flowforge_sdk::WaitOptions::timeout(Duration::from_secs(3))
+                                .matching("data.n"),
+                        )
+                        .await?;
+                    let c: i64 = step
+                        .run("last", move || async move { Ok::<_, Error>(b) })
+                        .await?;
+                    Ok(json!({"n": n, "result": c, "pinged": ping.is_some()}))
+                }
+            }),
+    )
+}
+
+/// Ten SIGKILLs of a random process (of two) while 200 runs sleep, wait, retry: every run
+/// completes once with the right output, no step twice, no event lost, no job unacked.
+async fn runs_survive_a_kill_loop() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut processes = Vec::new();
+    for instance in ["one", "two"] {
+        let mut process = ServerProcess::for_backend(&backend);
+        process
+            .with_nats(&nats.url, &nats.prefix, instance)
+            .set_env("FLOWFORGE_JOB_LEASE_SECS", "5");
+        process.start().await;
+        processes.push(process);
+    }
+    let urls: Vec<String> = processes.iter().map(|p| p.url.clone()).collect();
+    let _app = SdkApp::start(&urls[0], chaos_app).await;
+
+    let mut sent = Vec::new();
+    for chunk in (0..200).collect::<Vec<i64>>().chunks(50) {
+        let api = Api::new(urls[sent.len() / 50 % 2].clone());
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"name": "chaos/go", "data": {"n": n}}))
+            .collect();
+        let (status, body) = api.post("/api/v1/events", &json!(events)).await;
+        assert_eq!(status, 200, "{body}");
+        for (n, id) in chunk.iter().zip(body["ids"].as_array().unwrap()) {
+            sent.push((*n, id.as_str().unwrap().to_owned()));
+        }
+    }
+    // Ping half of the runs while the processes are being killed.
+    let pinger = {
+        let urls = urls.clone();
+        tokio::spawn(async move {
+            // A ping sent to a process being killed is lost like any failed request:
+            // that run's wait then times out, which its output does not depend on.
+            let http = reqwest::Client::new();
+            for n in (0..200).step_by(2) {
+                let _ = http
+                    .post(format!("{}/api/v1/events", urls[n % 4 / 2]))
+                    .json(&json!({"name": "chaos/ping", "data": {"n": n}}))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(700 + (round % 3) * 300)).await;
+        let victim = rand::random::<u32>() as usize % processes.len();
+        processes[victim].kill();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        processes[victim].start().await;
+    }
+    let _ = pinger.await;
+
+    let api = Api::new(urls[0].clone());
+    for (n, event_id) in &sent {
+        let runs = api
+            .runs_of_event(event_id, 1, Duration::from_secs(60))
+            .await;
+        assert_eq!(runs.len(), 1, "exactly one run per event");
+        let run = api.finished_run(&runs[0], Duration::from_secs(120)).await;
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["output"]["result"], json!(n * 2 + 1), "{run}");
+        let (_, log) = api.get(&format!("/api/v1/runs/{}/events", runs[0])).await;
+        let mut completed: HashMap<String, u32> = HashMap::new();
+        for (i, e) in log["items"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(e["stream_version"], json!(i + 1));
+            if e["event_type"] == "run.step_completed" {
+                *completed
+                    .entry(e["payload"]["name"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(
+            completed.len(),
+            5,
+            "first, nap, flaky, ping, last: {completed:?}"
+        );
+        assert!(
+            completed.values().all(|c| *c == 1),
+            "a step was recorded twice: {completed:?}"
+        );
+    }
+    let (_, page) = api.get("/api/v1/events?name=chaos/go&limit=500").await;
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        200,
+        "no event lost or doubled"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (messages, unacked) = nats.stream_state().await;
+        if messages == 0 && unacked == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{messages} jobs left in the stream, {unacked} unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -389,5 +540,6 @@ mod production {
         runs_survive_a_nats_restart,
         runs_survive_a_nats_restart_with_its_store_deleted,
         a_busy_tenant_does_not_starve_a_quiet_one_across_processes,
+        runs_survive_a_kill_loop,
     );
 }
