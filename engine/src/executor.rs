@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::EngineContext;
 use crate::ai_gateway;
+use crate::metrics::Metrics;
 use crate::protocol::{self, CallResponse};
 use crate::queue::Job;
 
@@ -26,10 +27,20 @@ pub async fn work(context: Arc<EngineContext>, worker: usize) {
                 return;
             }
         };
+        Metrics::count(&context.metrics.jobs_delivered);
+        if delivery.redelivered {
+            Metrics::count(&context.metrics.jobs_redelivered);
+        }
         let job = delivery.job.clone();
-        let next = execute(&context, &job).await;
-        delivery.ack().await;
-        continue_run(&context, next).await;
+        match execute(&context, &job).await {
+            Ok(next) => {
+                delivery.ack().await;
+                Metrics::count(&context.metrics.jobs_acked);
+                continue_run(&context, next).await;
+            }
+            // The log could not be read: deliver the job again a little later.
+            Err(NotNow) => delivery.retry_later(RETRY_LATER).await,
+        }
     }
 }
 
@@ -65,25 +76,41 @@ async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<Run
         if !context.queue.claim(&job) {
             return;
         }
-        next = execute(context, &job).await;
+        let executed = execute(context, &job).await;
         context.queue.release(&job);
+        next = match executed {
+            Ok(next) => next,
+            Err(NotNow) => {
+                // Back to the queue: the scheduler's dispatch of it was absorbed by the claim.
+                let _ = context.queue.enqueue(job).await;
+                return;
+            }
+        };
     }
 }
 
+/// The log (or the registry in it) could not be read: the job is neither done nor
+/// stale, and should be tried again.
+#[derive(Debug)]
+pub struct NotNow;
+
+/// How long a job that met an unreadable log waits before it is delivered again.
+const RETRY_LATER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Makes the call a job names, if the run still wants it, and records the outcome.
 /// Returns the run's state after the outcome when this worker recorded it.
-pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<RunState>)> {
+pub async fn execute(
+    context: &EngineContext,
+    job: &Job,
+) -> Result<Option<(Job, Loaded<RunState>)>, NotNow> {
     let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
     let _guard = span.enter();
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let load = || async {
-        match context.commands.load::<Run>(&stream).await {
-            Ok(loaded) => Some(loaded),
-            Err(error) => {
-                tracing::warn!(run_id = %job.run_id, %error, "cannot load the run; the job will be derived again");
-                None
-            }
-        }
+        context.commands.load::<Run>(&stream).await.map_err(|error| {
+            tracing::warn!(run_id = %job.run_id, %error, "cannot load the run; trying the job again later");
+            NotNow
+        })
     };
     let holds_job = |loaded: &Loaded<RunState>| {
         loaded
@@ -105,12 +132,15 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
         .filter(|d| d.token == job.token)
         .cloned()
     else {
-        return None; // stale: the run moved on
+        Metrics::count(&context.metrics.jobs_stale);
+        return Ok(None); // stale: the run moved on
     };
     if due.not_before.is_some_and(|t| t > Utc::now()) {
-        return None; // early: its timer queues it again when it is due
+        return Ok(None); // early: its timer queues it again when it is due
     }
-    let function_ref = loaded.state.function.clone()?;
+    let Some(function_ref) = loaded.state.function.clone() else {
+        return Ok(None);
+    };
     let mut function =
         context
             .registry
@@ -119,8 +149,8 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
         // This process's registry may be behind the log (another process took the
         // sync); only the log can say the function is gone.
         if let Err(error) = context.registry.load(&*context.store).await {
-            tracing::warn!(%error, "cannot reload the function registry; the job will be derived again");
-            return None;
+            tracing::warn!(%error, "cannot reload the function registry; trying the job again later");
+            return Err(NotNow);
         }
         function =
             context
@@ -148,7 +178,12 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
         Some(function) => call_app(context, &loaded, &function.spec.url, job, due.attempt).await,
     };
     let finished_at = Utc::now();
-    record(
+    Metrics::count(&context.metrics.calls);
+    context
+        .metrics
+        .call_seconds
+        .observe((finished_at - started_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
+    let recorded = record(
         context,
         job,
         loaded,
@@ -156,8 +191,8 @@ pub async fn execute(context: &EngineContext, job: &Job) -> Option<(Job, Loaded<
         (started_at, finished_at),
         request_version,
     )
-    .await
-    .map(|state| (job.clone(), state))
+    .await;
+    Ok(recorded.map(|state| (job.clone(), state)))
 }
 
 async fn call_app(

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod ingest;
 pub mod lease;
 pub mod live;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod registry;
@@ -140,6 +141,7 @@ pub struct EngineContext {
     pub http: reqwest::Client,
     pub expressions: expr::Expressions,
     pub live: live::LiveFeed,
+    pub metrics: Arc<metrics::Metrics>,
     pub config: EngineConfig,
 }
 
@@ -221,7 +223,8 @@ impl Engine {
             .http1_title_case_headers()
             .build()
             .map_err(|e| EngineError::Http(e.to_string()))?;
-        let live = live::LiveFeed::start(store.clone()).await?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let live = live::LiveFeed::start(store.clone(), metrics.clone()).await?;
         let context = Arc::new(EngineContext {
             commands: CommandHandler::new(store.clone()),
             store,
@@ -232,6 +235,7 @@ impl Engine {
             http,
             expressions: expr::Expressions::new(),
             live,
+            metrics,
             config,
         });
         let mut tasks = Vec::new();

@@ -14,7 +14,10 @@ pub struct LiveFeed {
 
 impl LiveFeed {
     /// Starts following the log from its current head.
-    pub async fn start(store: Arc<dyn EventStore>) -> Result<Self, StoreError> {
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, StoreError> {
         let (sender, _) = broadcast::channel(16_384);
         let head = store.head_position().await?;
         let feed = sender.clone();
@@ -24,6 +27,7 @@ impl LiveFeed {
                 match subscription.next_batch(1_000).await {
                     Ok(batch) => {
                         for event in batch {
+                            metrics.saw_event(&event.stream_type);
                             // No listeners is fine; they come and go.
                             let _ = feed.send(Arc::new(event));
                         }

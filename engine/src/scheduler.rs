@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
 use crate::queue::Job;
 use crate::timers::Timers;
 use crate::{EngineContext, EngineError, ids, ingest};
@@ -199,6 +200,7 @@ impl Scheduler {
                             self.processed = self.processed.max(position);
                         }
                         self.processed = self.processed.max(subscription.position());
+                        self.context.metrics.scheduler_position.store(self.processed, std::sync::atomic::Ordering::Relaxed);
                         self.flush_enqueued().await;
                     }
                     Err(error) => {
@@ -485,9 +487,10 @@ impl Scheduler {
     /// Queues the jobs derived from the events just processed.
     async fn flush_enqueued(&mut self) {
         for job in std::mem::take(&mut self.to_enqueue) {
-            if let Err(error) = self.context.queue.enqueue(job.clone()).await {
+            match self.context.queue.enqueue(job.clone()).await {
+                Ok(()) => Metrics::count(&self.context.metrics.jobs_published),
                 // The reconciler below queues it again.
-                tracing::error!(%error, run_id = %job.run_id, "cannot queue a call");
+                Err(error) => tracing::error!(%error, run_id = %job.run_id, "cannot queue a call"),
             }
             self.watch_job(job, 0);
         }
@@ -506,6 +509,10 @@ impl Scheduler {
 
     /// A run finished: announce it, and resume the parent that invoked it.
     fn finished(&mut self, run_id: Uuid, tenant: &str, state: &RunState, position: u64) {
+        if let (Some(created), Some(finished)) = (state.created_at, state.finished_at) {
+            let seconds = (finished - created).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            self.context.metrics.run_seconds.observe(seconds);
+        }
         let Some(function) = state.function.clone() else {
             return;
         };
@@ -930,8 +937,11 @@ impl Scheduler {
                     .is_some_and(|d| d.token == job.token);
                 if still_due {
                     tracing::warn!(run_id = %job.run_id, target = ?job.target, attempt, "a job made no progress within its lease; queueing it again");
-                    if let Err(error) = self.context.queue.requeue(job.clone(), attempt + 1).await {
-                        tracing::error!(%error, run_id = %job.run_id, "cannot queue a call again");
+                    match self.context.queue.requeue(job.clone(), attempt + 1).await {
+                        Ok(()) => Metrics::count(&self.context.metrics.jobs_republished),
+                        Err(error) => {
+                            tracing::error!(%error, run_id = %job.run_id, "cannot queue a call again")
+                        }
                     }
                     self.watch_job(job, attempt + 1);
                 }

@@ -85,6 +85,115 @@ pub fn replace_database(url: &str, database: &str) -> String {
     out
 }
 
+/// A PostgreSQL cluster of the test's own (`initdb` in a temp folder, a free port), for
+/// tests that stop and restart the server; the machine's shared server is never touched.
+pub struct PrivatePostgres {
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn bin_dir() -> Option<std::path::PathBuf> {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").ok()?;
+        let mut dirs: Vec<_> = versions
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+
+    /// As root, PostgreSQL's tools run as the `postgres` user.
+    fn command(&self, tool: &str) -> std::process::Command {
+        let path = self.bin.join(tool);
+        let is_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        if is_root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+
+    /// `None` (a skip) without PostgreSQL's server binaries, unless `CI=true`.
+    pub async fn start() -> Option<Self> {
+        let Some(bin) = Self::bin_dir() else {
+            return crate::missing_service("PostgreSQL server binaries (initdb)", "not installed");
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _ = std::process::Command::new("chown")
+            .args(["postgres"])
+            .arg(dir.path())
+            .status();
+        let port = crate::python::free_port();
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            dir,
+            bin,
+        };
+        let status = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(pg.dir.path().join("data"))
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        pg.start_server();
+        Some(pg)
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("pg.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(status.success(), "pg_ctl start failed");
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+
+    pub fn restart(&self) {
+        self.start_server();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -68,26 +68,29 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn for_backend(backend: &TestBackend) -> Self {
-        let port = free_port();
-        let mut args: Vec<String> = Vec::new();
         match backend {
-            TestBackend::Sqlite(dir) => {
-                args.extend([
-                    "dev".into(),
-                    "--data-dir".into(),
-                    dir.path().display().to_string(),
-                ]);
-            }
-            TestBackend::Postgres(db) => {
-                args.extend([
-                    "serve".into(),
-                    "--host".into(),
-                    "127.0.0.1".into(),
-                    "--database-url".into(),
-                    db.url().to_owned(),
-                ]);
-            }
+            TestBackend::Sqlite(dir) => Self::with_args(vec![
+                "dev".into(),
+                "--data-dir".into(),
+                dir.path().display().to_string(),
+            ]),
+            TestBackend::Postgres(db) => Self::serving(db.url()),
         }
+    }
+
+    /// `flowforge serve` on the PostgreSQL database at `database_url`.
+    pub fn serving(database_url: &str) -> Self {
+        Self::with_args(vec![
+            "serve".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--database-url".into(),
+            database_url.to_owned(),
+        ])
+    }
+
+    fn with_args(mut args: Vec<String>) -> Self {
+        let port = free_port();
         args.extend(["--port".into(), port.to_string()]);
         let log = std::env::temp_dir().join(format!("ff-server-{port}.log"));
         Self {

@@ -276,11 +276,44 @@ async fn runs_survive_losing_nats(wipe: bool) {
     let sent = send_many(&api, 100, 500).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     nats.kill();
+    // `/ready` says that the work queue is unreachable while it is.
+    let http = reqwest::Client::new();
+    let ready = || async {
+        let response = http
+            .get(format!("{}/ready", first.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = ready().await;
+        if status == 503 {
+            assert_eq!(body["checks"]["work_queue"]["ok"], false, "{body}");
+            assert_eq!(body["checks"]["work_queue"]["backend"], "nats-jetstream");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready missed the outage: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     if wipe {
         nats.wipe_store();
     }
     nats.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ready().await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_each_ran_once(&api, &sent, 3, Duration::from_secs(120)).await;
 }
 
@@ -522,6 +555,57 @@ async fn runs_survive_a_kill_loop() {
     }
 }
 
+/// PostgreSQL restarts mid-load (on a private cluster): FlowForge reconnects by itself,
+/// `/ready` says so while it lasts, and no run is lost.
+async fn runs_survive_a_postgres_restart() {
+    let Some(pg) = flowforge_tests::pg::PrivatePostgres::start().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut server = ServerProcess::serving(&pg.url);
+    server
+        .with_nats(&nats.url, &nats.prefix, "solo")
+        .set_env("FLOWFORGE_JOB_LEASE_SECS", "5");
+    server.start().await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, app).await;
+    let sent = send_many(&api, 100, 500).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    pg.stop();
+    let http = reqwest::Client::new();
+    let ready = || async {
+        http.get(format!("{}/ready", server.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready().await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready did not report the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ready().await, 503, "still down");
+    pg.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ready().await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "FlowForge did not reconnect to PostgreSQL"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_each_ran_once(&api, &sent, 3, Duration::from_secs(120)).await;
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -541,5 +625,6 @@ mod production {
         runs_survive_a_nats_restart_with_its_store_deleted,
         a_busy_tenant_does_not_starve_a_quiet_one_across_processes,
         runs_survive_a_kill_loop,
+        runs_survive_a_postgres_restart,
     );
 }

@@ -561,7 +561,72 @@ async fn a_run_streams_its_events_live(backend: TestBackend) {
     );
 }
 
+/// `GET /metrics` counts what the engine did, in Prometheus' text format.
+async fn metrics_count_the_work_done(backend: TestBackend) {
+    let env = env(&backend).await;
+    let run_id = run_for(&env.api, "e2e/steps", json!({"n": 1})).await;
+    env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let text = loop {
+        let response = http
+            .get(format!("{}/metrics", env.api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"),
+        );
+        let text = response.text().await.unwrap();
+        // The scheduler observes the run's end as it reads the log: allow it to catch up.
+        if value(&text, "flowforge_run_duration_seconds_count") == Some(1.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Discovery, step a, after the sleep, step b: four calls at least (a retried call more).
+    let calls = value(&text, "flowforge_calls_total").unwrap();
+    assert!(calls >= 4.0, "{text}");
+    assert_eq!(
+        value(&text, "flowforge_call_duration_seconds_count"),
+        Some(calls),
+        "every call is timed: {text}"
+    );
+    assert!(
+        value(&text, "flowforge_jobs_published_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "flowforge_events_total{stream_type=\"run\"}").unwrap() >= 5.0,
+        "{text}"
+    );
+    let run_seconds = value(&text, "flowforge_run_duration_seconds_sum").unwrap();
+    assert!(run_seconds >= 1.0, "the run slept a second: {text}");
+    assert!(
+        value(
+            &text,
+            "flowforge_projection_lag_events{projection=\"runs\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(
+        value(&text, "flowforge_log_head_position").unwrap() >= 5.0,
+        "{text}"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    metrics_count_the_work_done,
     a_run_streams_its_events_live,
     sending_and_waiting_answers_the_runs_outcomes,
     a_multi_step_function_with_a_sleep_completes,

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .route("/metrics", get(system::metrics))
         // The SDK protocol.
         .route("/e/{key}", post(events::send_with_key))
         .route("/fn/register", post(apps::register))

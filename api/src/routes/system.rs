@@ -1,4 +1,4 @@
-//! `/health` and `/ready`.
+//! `/health`, `/ready` and `/metrics`.
 
 use std::time::Duration;
 
@@ -74,4 +74,84 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// Prometheus text format: the engine's counters and latency histograms, and gauges read
+/// now (log head, projection and scheduler lag, queue depth per tenant).
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write as _;
+    let platform = &state.platform;
+    let mut out = String::new();
+    let gauge = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+    };
+    let timeout = Duration::from_secs(2);
+    let head = tokio::time::timeout(timeout, platform.store.head_position())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if let Some(head) = head {
+        gauge(
+            &mut out,
+            "flowforge_log_head_position",
+            "Global position of the newest event in the log.",
+        );
+        let _ = writeln!(out, "flowforge_log_head_position {head}");
+    }
+    if let Ok(Ok(projections)) = tokio::time::timeout(
+        timeout,
+        flowforge_projections::status(&platform.read_db, &*platform.store, &platform.projections),
+    )
+    .await
+    {
+        gauge(
+            &mut out,
+            "flowforge_projection_lag_events",
+            "Log positions a read model is behind the head.",
+        );
+        for p in projections {
+            let _ = writeln!(
+                out,
+                "flowforge_projection_lag_events{{projection=\"{}\"}} {}",
+                p.name, p.lag
+            );
+        }
+    }
+    if let Some(engine) = platform.engine() {
+        engine.metrics.render(&mut out);
+        let position = engine
+            .metrics
+            .scheduler_position
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let (Some(head), true) = (head, position > 0) {
+            gauge(
+                &mut out,
+                "flowforge_scheduler_lag_events",
+                "Log positions the scheduler (the relay that publishes jobs) is behind the head, in the process that runs it.",
+            );
+            let _ = writeln!(
+                out,
+                "flowforge_scheduler_lag_events {}",
+                head.saturating_sub(position)
+            );
+        }
+        gauge(
+            &mut out,
+            "flowforge_queue_depth",
+            "Jobs waiting for an executor in this process, per tenant.",
+        );
+        let mut depth: Vec<_> = engine.queue.depth().into_iter().collect();
+        depth.sort();
+        for (tenant, n) in depth {
+            let _ = writeln!(out, "flowforge_queue_depth{{tenant=\"{tenant}\"}} {n}");
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }

@@ -515,6 +515,14 @@ impl Acker for JetStreamAck {
             tracing::debug!(%error, "JetStream ack failed");
         }
     }
+
+    async fn retry_later(self: Box<Self>, delay: Duration) {
+        self.heartbeat.abort();
+        if let Err(error) = self.message.ack_with(AckKind::Nak(Some(delay))).await {
+            // Then it is delivered again after the ack wait instead.
+            tracing::debug!(%error, "JetStream nak failed");
+        }
+    }
 }
 
 #[async_trait]
@@ -559,6 +567,7 @@ impl WorkQueue for JetStreamQueue {
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             };
+            let redelivered = message.info().is_ok_and(|info| info.delivered > 1);
             let message = Arc::new(message);
             let touched = message.clone();
             let every = self.settings.ack_wait / 3;
@@ -568,10 +577,10 @@ impl WorkQueue for JetStreamQueue {
                     let _ = touched.ack_with(AckKind::Progress).await;
                 }
             });
-            return Ok(Delivery::new(
-                job,
-                Box::new(JetStreamAck { message, heartbeat }),
-            ));
+            return Ok(
+                Delivery::new(job, Box::new(JetStreamAck { message, heartbeat }))
+                    .redelivered(redelivered),
+            );
         }
     }
 

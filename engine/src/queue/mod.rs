@@ -33,22 +33,39 @@ pub enum QueueError {
 /// A delivered job. `ack` once its outcome is committed to the log.
 pub struct Delivery {
     pub job: Job,
+    /// Delivered before (and not acknowledged then).
+    pub redelivered: bool,
     acker: Box<dyn Acker>,
 }
 
 impl Delivery {
     pub fn new(job: Job, acker: Box<dyn Acker>) -> Self {
-        Self { job, acker }
+        Self {
+            job,
+            redelivered: false,
+            acker,
+        }
+    }
+
+    pub fn redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
     }
 
     pub async fn ack(self) {
         self.acker.ack().await;
+    }
+
+    /// Gives the job back undone, to be delivered again after `delay`.
+    pub async fn retry_later(self, delay: std::time::Duration) {
+        self.acker.retry_later(delay).await;
     }
 }
 
 #[async_trait]
 pub trait Acker: Send {
     async fn ack(self: Box<Self>);
+    async fn retry_later(self: Box<Self>, delay: std::time::Duration);
 }
 
 #[async_trait]
@@ -113,6 +130,7 @@ impl Default for InProcessQueue {
 
 struct InProcessAck {
     state: std::sync::Arc<Mutex<QueueState>>,
+    ready: std::sync::Arc<Notify>,
     job: Job,
 }
 
@@ -122,6 +140,23 @@ impl Acker for InProcessAck {
         if let Ok(mut state) = self.state.lock() {
             state.outstanding.remove(&self.job);
         }
+    }
+
+    async fn retry_later(self: Box<Self>, delay: std::time::Duration) {
+        // Still outstanding meanwhile, so the scheduler's copy of it is not queued twice.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(mut state) = self.state.lock() {
+                let tenant = self.job.tenant.clone();
+                let queue = state.queues.entry(tenant.clone()).or_default();
+                let was_empty = queue.is_empty();
+                queue.push_back(self.job.clone());
+                if was_empty {
+                    state.turns.push_back(tenant);
+                }
+            }
+            self.ready.notify_one();
+        });
     }
 }
 
@@ -170,6 +205,7 @@ impl WorkQueue for InProcessQueue {
                             job.clone(),
                             Box::new(InProcessAck {
                                 state: self.state.clone(),
+                                ready: self.ready.clone(),
                                 job,
                             }),
                         ));
