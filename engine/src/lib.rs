@@ -244,8 +244,11 @@ impl Engine {
             let scheduler = scheduler::Scheduler::prepare(context.clone()).await?;
             tasks.push(tokio::spawn(scheduler.run()));
         } else {
-            let from = context.registry.load(&*context.store).await?;
-            tasks.push(tokio::spawn(registry::follow(context.clone(), from)));
+            // Listen before loading, so no sync falls between the two.
+            let feed = context.live.listen();
+            let follower = tokio::spawn(registry::follow(context.clone(), feed));
+            context.registry.load(&*context.store).await?;
+            tasks.push(follower);
             tasks.push(tokio::spawn(lead(context.clone(), leadership)));
         }
         for worker in 0..context.config.executor_concurrency.max(1) {

@@ -255,21 +255,23 @@ impl Registry {
 
 /// Keeps a process's registry current from the log when it does not run the scheduler
 /// (which applies app events itself as it reads them): executors in every process
-/// need to know where each app lives.
-pub async fn follow(context: std::sync::Arc<crate::EngineContext>, from: u64) {
-    let filter = LogFilter::all().event_types(AppEvent::TYPES.iter().copied());
-    let mut subscription = flowforge_store::subscribe(context.store.clone(), from, filter);
+/// need to know where each app lives. Follows the process's live feed rather than the
+/// log itself, so it costs no read of its own per commit.
+pub async fn follow(
+    context: std::sync::Arc<crate::EngineContext>,
+    mut feed: tokio::sync::broadcast::Receiver<std::sync::Arc<StoredEvent>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
     loop {
-        match subscription.next_batch(100).await {
-            Ok(events) => {
-                for event in &events {
-                    context.registry.apply(event);
+        match feed.recv().await {
+            Ok(event) => context.registry.apply(&event),
+            Err(RecvError::Lagged(_)) => {
+                // Missed some: fold every sync again (applying one twice changes nothing).
+                if let Err(error) = context.registry.load(&*context.store).await {
+                    tracing::warn!(%error, "registry: reloading from the log failed");
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "registry: reading the log failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
+            Err(RecvError::Closed) => return,
         }
     }
 }
