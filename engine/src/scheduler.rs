@@ -486,8 +486,13 @@ impl Scheduler {
 
     /// Queues the jobs derived from the events just processed.
     async fn flush_enqueued(&mut self) {
-        for job in std::mem::take(&mut self.to_enqueue) {
-            match self.context.queue.enqueue(job.clone()).await {
+        let jobs = std::mem::take(&mut self.to_enqueue);
+        // All at once: a networked queue answers each publish after a round trip.
+        let queue = &self.context.queue;
+        let results =
+            futures::future::join_all(jobs.iter().map(|job| queue.enqueue(job.clone()))).await;
+        for (job, result) in jobs.into_iter().zip(results) {
+            match result {
                 Ok(()) => Metrics::count(&self.context.metrics.jobs_published),
                 // The reconciler below queues it again.
                 Err(error) => tracing::error!(%error, run_id = %job.run_id, "cannot queue a call"),
