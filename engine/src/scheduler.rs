@@ -501,6 +501,14 @@ impl Scheduler {
         }
     }
 
+    /// Whether the run still holds this job's call with this token.
+    fn still_due(&self, job: &Job) -> bool {
+        self.runs
+            .get(&job.run_id)
+            .and_then(|t| t.state.due.get(&job.target))
+            .is_some_and(|d| d.token == job.token)
+    }
+
     /// With a queue that may lose jobs, checks back after the job lease: a job whose
     /// run has not moved on by then is queued again (with a longer lease each time).
     fn watch_job(&mut self, job: Job, attempt: u32) {
@@ -925,22 +933,12 @@ impl Scheduler {
         let position = self.processed;
         match timer {
             Timer::Enqueue(job) => {
-                let still_due = self
-                    .runs
-                    .get(&job.run_id)
-                    .and_then(|t| t.state.due.get(&job.target))
-                    .is_some_and(|d| d.token == job.token);
-                if still_due {
+                if self.still_due(&job) {
                     self.enqueue(job);
                 }
             }
             Timer::Reconcile { job, attempt } => {
-                let still_due = self
-                    .runs
-                    .get(&job.run_id)
-                    .and_then(|t| t.state.due.get(&job.target))
-                    .is_some_and(|d| d.token == job.token);
-                if still_due {
+                if self.still_due(&job) {
                     tracing::warn!(run_id = %job.run_id, target = ?job.target, attempt, "a job made no progress within its lease; queueing it again");
                     match self.context.queue.requeue(job.clone(), attempt + 1).await {
                         Ok(()) => Metrics::count(&self.context.metrics.jobs_republished),

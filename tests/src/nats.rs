@@ -75,6 +75,25 @@ impl TestNats {
     }
 }
 
+impl TestNats {
+    /// Waits until every job was acknowledged: nothing is left in the stream or
+    /// pending on a consumer.
+    pub async fn assert_drained(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (messages, unacked) = self.stream_state().await;
+            if messages == 0 && unacked == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{messages} jobs left in the stream, {unacked} unacknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for TestNats {
     fn drop(&mut self) {
         let url = self.url.clone();
