@@ -496,6 +496,66 @@ async fn runs_survive_a_kill_loop() {
     nats.assert_drained(Duration::from_secs(30)).await;
 }
 
+/// The process running the scheduler dies for good: the other takes the lease over and
+/// the runs sent to it complete.
+async fn the_scheduler_fails_over_when_its_process_dies() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut processes = Vec::new();
+    for instance in ["one", "two"] {
+        let mut process = ServerProcess::for_backend(&backend);
+        process.with_nats(&nats.url, &nats.prefix, instance);
+        process.start().await;
+        processes.push(process);
+    }
+    let _app = SdkApp::start(&processes[0].url, app).await;
+    // Work once, so that the leader has processed something and says so in /metrics.
+    let warmup = send_many(&Api::new(processes[0].url.clone()), 1, 0).await;
+    assert_each_ran_once(
+        &Api::new(processes[0].url.clone()),
+        &warmup,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut leader = None;
+    for (i, process) in processes.iter().enumerate() {
+        let text = http
+            .get(format!("{}/metrics", process.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let position: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flowforge_scheduler_position "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        if position > 0 {
+            assert!(leader.is_none(), "two processes run the scheduler");
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("one process runs the scheduler");
+    let survivor = 1 - leader;
+    processes[leader].kill();
+    let killed_at = std::time::Instant::now();
+    let api = Api::new(processes[survivor].url.clone());
+    let sent = send_many(&api, 20, 0).await;
+    assert_each_ran_once(&api, &sent, 2, Duration::from_secs(30)).await;
+    eprintln!(
+        "20 runs completed {:?} after the scheduler's process was killed",
+        killed_at.elapsed()
+    );
+}
+
 /// PostgreSQL restarts mid-load (on a private cluster): FlowForge reconnects by itself,
 /// `/ready` says so while it lasts, and no run is lost.
 async fn runs_survive_a_postgres_restart() {
@@ -567,5 +627,6 @@ mod production {
         a_busy_tenant_does_not_starve_a_quiet_one_across_processes,
         runs_survive_a_kill_loop,
         runs_survive_a_postgres_restart,
+        the_scheduler_fails_over_when_its_process_dies,
     );
 }
