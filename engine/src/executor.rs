@@ -303,14 +303,7 @@ async fn infer_for_app(
 ) -> CallOutcome {
     let requests = match ai_gateway::requests_in(answer) {
         Ok(requests) => requests,
-        Err(message) => {
-            return CallOutcome::Failed {
-                status: None,
-                error: StepError::new("ProtocolError", message),
-                retriable: false,
-                retry_after: None,
-            };
-        }
+        Err(message) => return protocol::protocol_error(message),
     };
     let pending = requests
         .iter()

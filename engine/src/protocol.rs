@@ -133,14 +133,7 @@ pub fn parse_response(
                     match parse_op(item, now, response.no_retry, &mut new_id) {
                         Ok(Some(op)) => ops.push(op),
                         Ok(None) => {}
-                        Err(message) => {
-                            return CallOutcome::Failed {
-                                status: None,
-                                error: StepError::new("ProtocolError", message),
-                                retriable: false,
-                                retry_after: None,
-                            };
-                        }
+                        Err(message) => return protocol_error(message),
                     }
                 }
                 CallOutcome::Ops(ops)
@@ -149,12 +142,7 @@ pub fn parse_response(
                 // A single op not wrapped in an array (older SDKs).
                 match parse_op(&Value::Object(item), now, response.no_retry, &mut new_id) {
                     Ok(op) => CallOutcome::Ops(op.into_iter().collect()),
-                    Err(message) => CallOutcome::Failed {
-                        status: None,
-                        error: StepError::new("ProtocolError", message),
-                        retriable: false,
-                        retry_after: None,
-                    },
+                    Err(message) => protocol_error(message),
                 }
             }
             _ => CallOutcome::Failed {
@@ -310,6 +298,16 @@ fn parse_op(
         "AIGateway" => return Ok(None),
         other => return Err(format!("step {display} has an unknown op `{other}`")),
     }))
+}
+
+/// The app answered something the protocol does not allow: retrying will not change it.
+pub fn protocol_error(message: impl Into<String>) -> CallOutcome {
+    CallOutcome::Failed {
+        status: None,
+        error: StepError::new("ProtocolError", message),
+        retriable: false,
+        retry_after: None,
+    }
 }
 
 fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
