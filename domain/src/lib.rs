@@ -6,13 +6,17 @@
 //! arrive inside commands. Storage, transport and HTTP live in outer crates that
 //! depend on this one, never the other way round.
 
+pub mod access;
+pub mod api_key;
 pub mod app;
 pub mod decider;
 pub mod duration;
 pub mod event;
 pub mod metadata;
 pub mod run;
+pub mod tenant;
 pub mod trigger;
+pub mod user;
 pub mod webhook;
 
 pub use decider::{Decider, DomainEvent, EventDecodeError};
