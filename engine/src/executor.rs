@@ -32,6 +32,7 @@ pub async fn work(context: Arc<EngineContext>, worker: usize) {
             Metrics::count(&context.metrics.jobs_redelivered);
         }
         let job = delivery.job.clone();
+        tracing::debug!(run_id = %job.run_id, token = job.token, "executor: job delivered");
         match execute(&context, &job).await {
             Ok(next) => {
                 delivery.ack().await;

@@ -26,6 +26,11 @@ impl LiveFeed {
             loop {
                 match subscription.next_batch(1_000).await {
                     Ok(batch) => {
+                        tracing::trace!(
+                            events = batch.len(),
+                            last = batch.last().map(|e| e.global_position),
+                            "live feed: read"
+                        );
                         for event in batch {
                             metrics.saw_event(&event.stream_type);
                             // No listeners is fine; they come and go.

@@ -221,6 +221,7 @@ impl Scheduler {
     // ------------------------------------------------------------------ log events
 
     async fn on_event(&mut self, event: StoredEvent) {
+        tracing::trace!(position = event.global_position, stream = %event.stream_id, event_type = %event.event_type, "scheduler: read");
         match event.stream_type.as_str() {
             flowforge_domain::run::STREAM_TYPE => self.on_run_event(&event).await,
             flowforge_domain::event::STREAM_TYPE => self.on_incoming(&event),
@@ -487,6 +488,10 @@ impl Scheduler {
     /// Queues the jobs derived from the events just processed.
     async fn flush_enqueued(&mut self) {
         let jobs = std::mem::take(&mut self.to_enqueue);
+        if jobs.is_empty() {
+            return;
+        }
+        tracing::debug!(jobs = jobs.len(), first_run = %jobs[0].run_id, "scheduler: queueing jobs");
         // All at once: a networked queue answers each publish after a round trip.
         let queue = &self.context.queue;
         let results =

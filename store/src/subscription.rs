@@ -85,6 +85,13 @@ impl LogSubscription {
                 .read_all(self.position, max.max(1), &self.filter)
                 .await?;
             let progressed = page.scanned_to > self.position;
+            tracing::trace!(
+                from = self.position,
+                scanned_to = page.scanned_to,
+                events = page.events.len(),
+                announced = self.watch.latest(),
+                "log subscription: read"
+            );
             self.position = self.position.max(page.scanned_to);
             if !page.events.is_empty() {
                 self.delivered = page

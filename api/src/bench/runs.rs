@@ -102,7 +102,12 @@ impl Server {
         let child = std::process::Command::new(exe)
             .args(args)
             .args(["--port", &port.to_string()])
-            .env("FLOWFORGE_LOG", "warn")
+            // FLOWFORGE_BENCH_SERVER_LOG (e.g. `flowforge_engine=debug`) shows where a
+            // run's time goes, with the server's own timestamps.
+            .env(
+                "FLOWFORGE_LOG",
+                std::env::var("FLOWFORGE_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
