@@ -29,6 +29,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Create or upgrade the databases, then exit.
     Migrate(StorageArgs),
+    /// Create an admin user (and their tenant, if it does not exist yet), then exit.
+    CreateAdmin(CreateAdminArgs),
     /// Inspect and rebuild read models.
     Projections {
         #[command(subcommand)]
@@ -163,6 +165,85 @@ impl EngineArgs {
     }
 }
 
+/// How callers prove who they are.
+#[derive(Args, Debug, Clone)]
+struct AuthArgs {
+    /// Secret that signs access tokens, at least 32 bytes. `flowforge dev` makes one
+    /// and keeps it in its data folder when this is not set.
+    #[arg(long, env = "FLOWFORGE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Minutes an access token stays valid (logout ends it sooner).
+    #[arg(long, env = "FLOWFORGE_TOKEN_TTL_MINUTES", default_value_t = 15)]
+    token_ttl_minutes: u64,
+}
+
+impl AuthArgs {
+    fn config(
+        &self,
+        mode: crate::auth::AuthMode,
+        secret: Vec<u8>,
+    ) -> anyhow::Result<crate::auth::AuthConfig> {
+        if secret.len() < crate::auth::token::MIN_SECRET_BYTES {
+            anyhow::bail!(
+                "FLOWFORGE_JWT_SECRET must be at least {} bytes",
+                crate::auth::token::MIN_SECRET_BYTES
+            );
+        }
+        Ok(crate::auth::AuthConfig {
+            mode,
+            tokens: Some(crate::auth::token::TokenKeys::new(&secret)),
+            token_ttl: std::time::Duration::from_secs(
+                self.token_ttl_minutes.clamp(1, 24 * 60) * 60,
+            ),
+        })
+    }
+}
+
+/// The dev server's token secret: FLOWFORGE_JWT_SECRET, or one kept in the data folder
+/// (made on first start) so that logins survive restarts.
+fn dev_token_secret(args: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &args.jwt_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && let Ok(secret) = hex::decode(existing.trim())
+    {
+        return Ok(secret);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let secret = crate::config::random_secret();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, hex::encode(&secret).as_bytes())?;
+    Ok(secret)
+}
+
+#[derive(Args, Debug)]
+struct CreateAdminArgs {
+    #[arg(short, long)]
+    email: String,
+    /// At least 12 characters.
+    #[arg(short, long, env = "FLOWFORGE_ADMIN_PASSWORD", hide_env_values = true)]
+    password: String,
+    #[arg(short, long, default_value = "Admin")]
+    name: String,
+    /// The tenant (created if it does not exist): lowercase letters, digits, dashes.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
 #[derive(Args, Debug)]
 struct DevArgs {
     /// Address to listen on. Loopback by default: dev mode is for one developer.
@@ -176,6 +257,12 @@ struct DevArgs {
     data_dir: PathBuf,
     #[arg(long, env = "FLOWFORGE_SQLITE_DURABILITY", default_value = "full")]
     sqlite_durability: Durability,
+    /// Require credentials on every request, as `flowforge serve` does (without it, a
+    /// request with none acts as the admin of the default tenant).
+    #[arg(long, env = "FLOWFORGE_DEV_AUTH", default_value_t = false)]
+    auth: bool,
+    #[command(flatten)]
+    auth_args: AuthArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -193,6 +280,8 @@ struct ServeArgs {
     /// /ready answers 503 while a read model is more than this many log positions behind.
     #[arg(long, env = "FLOWFORGE_READY_MAX_LAG", default_value_t = 10_000)]
     ready_max_lag: u64,
+    #[command(flatten)]
+    auth: AuthArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -316,6 +405,14 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => {
+            let mode = if args.auth {
+                crate::auth::AuthMode::Required
+            } else {
+                crate::auth::AuthMode::Open
+            };
+            let auth = args
+                .auth_args
+                .config(mode, dev_token_secret(&args.auth_args, &args.data_dir)?)?;
             let config = Config {
                 mode: Mode::Dev,
                 host: args.host,
@@ -329,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_event_bytes: args.engine.max_event_bytes,
                 engine: args.engine.engine_config("dev"),
                 inngest_keys: args.engine.inngest_keys(),
+                auth,
             };
             run_server(config).await
         }
@@ -339,6 +437,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                      (postgres://… in production, or sqlite://DIR) or pass --database-url"
                 );
             };
+            let Some(secret) = &args.auth.jwt_secret else {
+                anyhow::bail!(
+                    "flowforge serve needs FLOWFORGE_JWT_SECRET (at least {} random bytes) \
+                     to sign access tokens",
+                    crate::auth::token::MIN_SECRET_BYTES
+                );
+            };
+            let auth = args
+                .auth
+                .config(crate::auth::AuthMode::Required, secret.as_bytes().to_vec())?;
             let config = Config {
                 mode: Mode::Serve,
                 host: args.host,
@@ -361,8 +469,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     engine
                 },
                 inngest_keys: args.engine.inngest_keys(),
+                auth,
             };
             run_server(config).await
+        }
+        Command::CreateAdmin(args) => {
+            let platform = Platform::open(tool_config(&args.storage)?).await?;
+            let state = crate::routes::AppState::new(platform);
+            let created = crate::routes::auth::create_admin(
+                &state,
+                &args.tenant,
+                &args.email,
+                &args.name,
+                &args.password,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.body.message))?;
+            let id = created
+                .profile
+                .map(|p| p.user_id.to_string())
+                .unwrap_or_default();
+            println!(
+                "created admin {} (user {id}) in tenant {}",
+                args.email, args.tenant
+            );
+            Ok(())
         }
         Command::Migrate(storage) => {
             let config = tool_config(&storage)?;

@@ -9,6 +9,9 @@ pub struct Target {
     /// The FlowForge server to talk to.
     #[arg(long, env = "FLOWFORGE_URL", default_value = "http://127.0.0.1:8288")]
     url: String,
+    /// An API key (`ff_live_…`) or access token; `flowforge serve` requires one.
+    #[arg(long, env = "FLOWFORGE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Print the API's JSON instead of a summary.
     #[arg(long)]
     json: bool,
@@ -74,6 +77,9 @@ async fn call(
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path}", target.url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, &url).query(query);
+    if let Some(key) = &target.api_key {
+        request = request.bearer_auth(key);
+    }
     if let Some(body) = body {
         request = request.json(&body);
     }

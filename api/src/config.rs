@@ -97,6 +97,7 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub engine: flowforge_engine::EngineConfig,
     pub inngest_keys: InngestKeys,
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Inngest-format keys for apps in production mode (see `docs/sdk-protocol.md`).
@@ -178,8 +179,21 @@ impl Config {
             max_event_bytes: 512 * 1024,
             engine: flowforge_engine::EngineConfig::default(),
             inngest_keys: InngestKeys::default(),
+            auth: crate::auth::AuthConfig {
+                // Tokens signed with a secret of this process only: they die with it.
+                tokens: Some(crate::auth::token::TokenKeys::new(&random_secret())),
+                ..crate::auth::AuthConfig::open()
+            },
         }
     }
+}
+
+/// 48 random bytes, for a token-signing secret nobody configured.
+pub fn random_secret() -> Vec<u8> {
+    use rand::Rng;
+    let mut secret = vec![0u8; 48];
+    rand::rng().fill(&mut secret[..]);
+    secret
 }
 
 #[cfg(test)]

@@ -45,6 +45,24 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
 
+    /// 401: no credentials, or credentials that prove nothing. Deliberately says no more.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required: send `Authorization: Bearer <token or API key>`",
+        )
+    }
+
+    /// 403: the caller is known but lacks the scope this request needs.
+    pub fn forbidden(scope: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this request needs the `{scope}` permission"),
+        )
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

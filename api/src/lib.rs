@@ -4,6 +4,7 @@
 //! for one process; `http` exposes them; `cli` is the `flowforge` command line;
 //! `bench` holds the benchmark commands.
 
+pub mod auth;
 pub mod bench;
 pub mod caller;
 pub mod cli;

@@ -57,13 +57,27 @@ fn build_flowforge() -> PathBuf {
     binary
 }
 
+/// The signing key `flowforge serve` test processes share with the apps they call.
+pub const TEST_SIGNING_KEY: &str =
+    "signkey-test-5f1d0c3b9a8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a392817060504";
+const TEST_JWT_SECRET: &str = "flowforge-tests-token-secret-0123456789abcdef";
+pub const TEST_ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 /// A `flowforge dev` (SQLite) or `flowforge serve` (PostgreSQL) process on a fixed port.
+///
+/// `serve` requires credentials on every request, as in production: on its first start
+/// the process gets an admin (made with `flowforge create-admin`) and an admin API key,
+/// which [`ServerProcess::api`] and [`ServerProcess::http`] send.
 pub struct ServerProcess {
     pub url: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     child: Option<Child>,
     pub log: PathBuf,
+    database_url: Option<String>,
+    /// The signing key apps of this process must use (serve only).
+    pub signing_key: Option<String>,
+    api_key: Option<String>,
 }
 
 impl ServerProcess {
@@ -80,13 +94,76 @@ impl ServerProcess {
 
     /// `flowforge serve` on the PostgreSQL database at `database_url`.
     pub fn serving(database_url: &str) -> Self {
-        Self::with_args(vec![
+        let mut process = Self::with_args(vec![
             "serve".into(),
             "--host".into(),
             "127.0.0.1".into(),
             "--database-url".into(),
             database_url.to_owned(),
-        ])
+        ]);
+        process
+            .set_env("FLOWFORGE_JWT_SECRET", TEST_JWT_SECRET)
+            .set_env("FLOWFORGE_SIGNING_KEY", TEST_SIGNING_KEY);
+        process.database_url = Some(database_url.to_owned());
+        process.signing_key = Some(TEST_SIGNING_KEY.to_owned());
+        process
+    }
+
+    /// The REST client of this process, with its admin key when it has one.
+    pub fn api(&self) -> crate::server::Api {
+        crate::server::Api::with_bearer(self.url.clone(), self.api_key.clone())
+    }
+
+    /// The admin API key this process was provisioned with (serve only).
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
+    /// A plain HTTP client that sends this process's admin key.
+    pub fn http(&self) -> reqwest::Client {
+        self.api().http
+    }
+
+    /// Makes an admin with the CLI, then logs in and creates an admin API key.
+    async fn provision_admin(&mut self) {
+        let Some(database_url) = self.database_url.clone() else {
+            return;
+        };
+        let email = format!("admin-{}@tests.invalid", uuid::Uuid::new_v4().simple());
+        let output = Command::new(flowforge_binary())
+            .args([
+                "create-admin",
+                "--email",
+                &email,
+                "--password",
+                TEST_ADMIN_PASSWORD,
+            ])
+            .args(["--database-url", &database_url])
+            .output()
+            .expect("run flowforge create-admin");
+        assert!(
+            output.status.success(),
+            "create-admin failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let api = crate::server::Api::new(self.url.clone());
+        let (status, login) = api
+            .post(
+                "/api/v1/auth/login",
+                &serde_json::json!({"email": email, "password": TEST_ADMIN_PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "login: {login}");
+        let token = login["access_token"].as_str().expect("token").to_owned();
+        let admin = crate::server::Api::with_bearer(self.url.clone(), Some(token));
+        let (status, key) = admin
+            .post(
+                "/api/v1/api-keys",
+                &serde_json::json!({"name": "tests", "kind": "live", "scopes": ["admin"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "create key: {key}");
+        self.api_key = Some(key["key"].as_str().expect("key").to_owned());
     }
 
     fn with_args(mut args: Vec<String>) -> Self {
@@ -102,6 +179,9 @@ impl ServerProcess {
             ],
             child: None,
             log,
+            database_url: None,
+            signing_key: None,
+            api_key: None,
         }
     }
 
@@ -143,6 +223,9 @@ impl ServerProcess {
             if let Ok(r) = http.get(format!("{}/health", self.url)).send().await
                 && r.status().is_success()
             {
+                if self.api_key.is_none() {
+                    self.provision_admin().await;
+                }
                 return;
             }
             if let Some(child) = self.child.as_mut()

@@ -98,6 +98,23 @@ impl Api {
         }
     }
 
+    /// A client that sends `Authorization: Bearer <credential>` on every request.
+    pub fn with_bearer(base: impl Into<String>, credential: Option<String>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(credential) = credential
+            && let Ok(value) = format!("Bearer {credential}").parse()
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("http client"),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
@@ -227,6 +244,22 @@ pub struct SdkApp {
 }
 
 impl SdkApp {
+    /// An app of `process`, signing with its signing key when it has one.
+    pub async fn start_for(
+        process: &crate::process::ServerProcess,
+        build: impl FnOnce(String, String) -> flowforge_sdk::App,
+    ) -> Self {
+        let key = process.signing_key.clone();
+        Self::start(&process.url, move |server, serve| {
+            let app = build(server, serve);
+            match key {
+                Some(key) => app.signing_key(key),
+                None => app,
+            }
+        })
+        .await
+    }
+
     /// `build` gets the URL the app is served at and returns the app to serve.
     pub async fn start(
         server_url: &str,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use flowforge_sdk::{App, Error, Function};
 use flowforge_tests::backend::TestBackend;
 use flowforge_tests::process::ServerProcess;
-use flowforge_tests::server::{Api, SdkApp};
+use flowforge_tests::server::SdkApp;
 use serde_json::json;
 
 const RUNS: usize = 24;
@@ -47,8 +47,8 @@ fn app(server_url: String, serve_url: String) -> App {
 async fn runs_survive_sigkill_of_the_server(backend: TestBackend) {
     let mut server = ServerProcess::for_backend(&backend);
     server.start().await;
-    let api = Api::new(server.url.clone());
-    let _app = SdkApp::start(&server.url, app).await;
+    let api = server.api();
+    let _app = SdkApp::start_for(&server, app).await;
 
     let mut events = Vec::new();
     for n in 0..RUNS {

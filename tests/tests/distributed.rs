@@ -112,11 +112,11 @@ async fn two_processes_share_the_work_of_500_runs() {
     second.with_nats(&nats.url, &nats.prefix, "two");
     first.start().await;
     second.start().await;
-    let api = Api::new(first.url.clone());
-    let _app = SdkApp::start(&first.url, app).await;
+    let api = first.api();
+    let _app = SdkApp::start_for(&first, app).await;
 
     // Events go to both processes, as behind a load balancer.
-    let other = Api::new(second.url.clone());
+    let other = second.api();
     let mut sent = send_many(&api, 250, 0).await;
     sent.extend(send_many(&other, 250, 0).await);
 
@@ -163,8 +163,8 @@ async fn a_job_published_twice_runs_once() {
     let mut server = ServerProcess::for_backend(&backend);
     server.with_nats(&nats.url, &nats.prefix, "solo");
     server.start().await;
-    let api = Api::new(server.url.clone());
-    let _app = SdkApp::start(&server.url, app).await;
+    let api = server.api();
+    let _app = SdkApp::start_for(&server, app).await;
     let sent = send_many(&api, 1, 0).await;
     assert_each_ran_once(&api, &sent, 2, Duration::from_secs(30)).await;
     let run_id = api
@@ -248,8 +248,8 @@ async fn runs_survive_losing_nats(wipe: bool) {
         .set_env("FLOWFORGE_JOB_LEASE_SECS", "3");
     first.start().await;
     second.start().await;
-    let api = Api::new(first.url.clone());
-    let _app = SdkApp::start(&first.url, app).await;
+    let api = first.api();
+    let _app = SdkApp::start_for(&first, app).await;
 
     let sent = send_many(&api, 100, 500).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -442,12 +442,12 @@ async fn runs_survive_a_kill_loop() {
         process.start().await;
         processes.push(process);
     }
-    let urls: Vec<String> = processes.iter().map(|p| p.url.clone()).collect();
-    let _app = SdkApp::start(&urls[0], chaos_app).await;
+    let apis: Vec<Api> = processes.iter().map(ServerProcess::api).collect();
+    let _app = SdkApp::start_for(&processes[0], chaos_app).await;
 
     let mut sent = Vec::new();
     for chunk in (0..200).collect::<Vec<i64>>().chunks(50) {
-        let api = Api::new(urls[sent.len() / 50 % 2].clone());
+        let api = &apis[sent.len() / 50 % 2];
         let events: Vec<Value> = chunk
             .iter()
             .map(|n| json!({"name": "chaos/go", "data": {"n": n}}))
@@ -460,14 +460,15 @@ async fn runs_survive_a_kill_loop() {
     }
     // Ping half of the runs while the processes are being killed.
     let pinger = {
-        let urls = urls.clone();
+        let apis = apis.clone();
         tokio::spawn(async move {
             // A ping sent to a process being killed is lost like any failed request:
             // that run's wait then times out, which its output does not depend on.
-            let http = reqwest::Client::new();
             for n in (0..200).step_by(2) {
-                let _ = http
-                    .post(format!("{}/api/v1/events", urls[n % 4 / 2]))
+                let api = &apis[n % 4 / 2];
+                let _ = api
+                    .http
+                    .post(format!("{}/api/v1/events", api.base))
                     .json(&json!({"name": "chaos/ping", "data": {"n": n}}))
                     .send()
                     .await;
@@ -484,7 +485,7 @@ async fn runs_survive_a_kill_loop() {
     }
     let _ = pinger.await;
 
-    let api = Api::new(urls[0].clone());
+    let api = apis[0].clone();
     // first, nap, flaky, ping, last
     assert_each_ran_once(&api, &sent, 5, Duration::from_secs(120)).await;
     let (_, page) = api.get("/api/v1/events?name=chaos/go&limit=500").await;
@@ -512,20 +513,14 @@ async fn the_scheduler_fails_over_when_its_process_dies() {
         process.start().await;
         processes.push(process);
     }
-    let _app = SdkApp::start(&processes[0].url, app).await;
+    let _app = SdkApp::start_for(&processes[0], app).await;
     // Work once, so that the leader has processed something and says so in /metrics.
-    let warmup = send_many(&Api::new(processes[0].url.clone()), 1, 0).await;
-    assert_each_ran_once(
-        &Api::new(processes[0].url.clone()),
-        &warmup,
-        2,
-        Duration::from_secs(30),
-    )
-    .await;
-    let http = reqwest::Client::new();
+    let warmup = send_many(&processes[0].api(), 1, 0).await;
+    assert_each_ran_once(&processes[0].api(), &warmup, 2, Duration::from_secs(30)).await;
     let mut leader = None;
     for (i, process) in processes.iter().enumerate() {
-        let text = http
+        let text = process
+            .http()
             .get(format!("{}/metrics", process.url))
             .send()
             .await
@@ -547,7 +542,7 @@ async fn the_scheduler_fails_over_when_its_process_dies() {
     let survivor = 1 - leader;
     processes[leader].kill();
     let killed_at = std::time::Instant::now();
-    let api = Api::new(processes[survivor].url.clone());
+    let api = processes[survivor].api();
     let sent = send_many(&api, 20, 0).await;
     assert_each_ran_once(&api, &sent, 2, Duration::from_secs(30)).await;
     eprintln!(
@@ -570,8 +565,8 @@ async fn runs_survive_a_postgres_restart() {
         .with_nats(&nats.url, &nats.prefix, "solo")
         .set_env("FLOWFORGE_JOB_LEASE_SECS", "5");
     server.start().await;
-    let api = Api::new(server.url.clone());
-    let _app = SdkApp::start(&server.url, app).await;
+    let api = server.api();
+    let _app = SdkApp::start_for(&server, app).await;
     let sent = send_many(&api, 100, 500).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -370,21 +370,44 @@ pub async fn send_with_key(
         )
             .into_response()
     };
-    let tenant = match state.platform.config.inngest_keys.tenant_of_event_key(&key) {
-        Some(tenant) => tenant.map(str::to_owned),
-        None => {
-            return protocol_error(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "event key not found",
-            ));
-        }
+    let key_refused = || {
+        protocol_error(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "event key not found",
+        ))
     };
     let mut metadata = caller.metadata();
-    if let Some(tenant) = tenant {
-        metadata.tenant_id = flowforge_domain::TenantId::new(tenant);
-        metadata.actor =
-            flowforge_domain::Actor::api_key(format!("event-key:{}", &key[..key.len().min(8)]));
+    if key.starts_with("ff_") {
+        // A FlowForge API key: its tenant, and it must be allowed to send.
+        match crate::auth::api_key_caller(&state.commands, &*state.platform.secrets, &key).await {
+            Ok(key_caller) if key_caller.may(flowforge_domain::access::Scope::EventsSend) => {
+                metadata = key_caller.metadata();
+            }
+            Ok(_) => {
+                return protocol_error(ApiError::forbidden(
+                    flowforge_domain::access::Scope::EventsSend,
+                ));
+            }
+            Err(crate::auth::AuthError::Unavailable(message)) => {
+                return protocol_error(ApiError::unavailable(message));
+            }
+            Err(_) => return key_refused(),
+        }
+    } else {
+        let keys = &state.platform.config.inngest_keys;
+        match keys.tenant_of_event_key(&key) {
+            Some(Some(tenant)) => {
+                metadata.tenant_id = flowforge_domain::TenantId::new(tenant);
+                metadata.actor = flowforge_domain::Actor::api_key(format!(
+                    "event-key:{}",
+                    key.chars().take(8).collect::<String>()
+                ));
+            }
+            // No event keys configured: any key goes, but only where credentials are optional.
+            Some(None) if state.platform.config.auth.mode == crate::auth::AuthMode::Open => {}
+            Some(None) | None => return key_refused(),
+        }
     }
     // Inngest's event API records the valid events before the first invalid one and
     // reports that error beside their ids; SDKs rely on the partial ids.

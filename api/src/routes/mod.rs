@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per resource.
 
 pub mod apps;
+pub mod auth;
 pub mod events;
 pub mod gql;
 pub mod runs;
@@ -10,11 +11,19 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use flowforge_commands::CommandHandler;
+use flowforge_domain::access::Scope;
 use flowforge_engine::EngineContext;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::auth::{AuthError, AuthMode};
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::platform::Platform;
 
@@ -22,13 +31,21 @@ use crate::platform::Platform;
 pub struct AppState {
     pub platform: Arc<Platform>,
     pub gql: gql::GqlSchema,
+    pub commands: CommandHandler,
+    pub login_limiter: Arc<crate::auth::limiter::LoginLimiter>,
 }
 
 impl AppState {
     pub fn new(platform: Platform) -> Self {
         Self {
+            commands: CommandHandler::new(platform.store.clone()),
             platform: Arc::new(platform),
             gql: gql::schema(),
+            login_limiter: Arc::new(crate::auth::limiter::LoginLimiter::new(
+                std::time::Duration::from_secs(15 * 60),
+                5,
+                30,
+            )),
         }
     }
 }
@@ -41,41 +58,319 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(system::health))
-        .route("/ready", get(system::ready))
-        .route("/metrics", get(system::metrics))
+/// What a route asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness, readiness, login.
+    Public,
+    /// Anyone who knows the webhook's URL; the webhook's own signature check applies.
+    Webhook,
+    /// The event key is in the path (`/e/{key}`): checked by the handler.
+    EventKey,
+    /// The Inngest wire protocol: an app's signing-key bearer, or a FlowForge token or
+    /// key holding the scope.
+    Protocol(Scope),
+    /// Any proven caller.
+    Authenticated,
+    Scope(Scope),
+}
+
+/// One route of the API: how to call it and what it asks of the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+fn spec(method: Method, path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+    }
+}
+
+/// Every route with its handler. The router and the catalogue are both made from this
+/// one list, so no route can exist without saying who may call it.
+fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::{Authenticated, EventKey, Protocol, Public, Webhook};
+    use Method as M;
+    use flowforge_domain::access::Scope as S;
+    vec![
+        (spec(M::GET, "/health", Public), get(system::health)),
+        (spec(M::GET, "/ready", Public), get(system::ready)),
+        (
+            spec(M::GET, "/metrics", Access::Scope(S::RunsRead)),
+            get(system::metrics),
+        ),
         // The SDK protocol.
-        .route("/e/{key}", post(events::send_with_key))
-        .route("/fn/register", post(apps::register))
-        .route("/v0/gql", post(gql::handle))
-        .route("/v1/events", get(events::list_inngest))
-        .route("/v0/runs/{id}/batch", get(runs::protocol_batch))
-        .route("/v0/runs/{id}/actions", get(runs::protocol_actions))
+        (
+            spec(M::POST, "/e/{key}", EventKey),
+            post(events::send_with_key),
+        ),
+        (
+            spec(M::POST, "/fn/register", Protocol(S::FunctionsManage)),
+            post(apps::register),
+        ),
+        (
+            spec(M::POST, "/v0/gql", Protocol(S::RunsRead)),
+            post(gql::handle),
+        ),
+        (
+            spec(M::GET, "/v1/events", Protocol(S::EventsRead)),
+            get(events::list_inngest),
+        ),
+        (
+            spec(M::GET, "/v0/runs/{id}/batch", Protocol(S::RunsRead)),
+            get(runs::protocol_batch),
+        ),
+        (
+            spec(M::GET, "/v0/runs/{id}/actions", Protocol(S::RunsRead)),
+            get(runs::protocol_actions),
+        ),
+        // Identity.
+        (
+            spec(M::POST, "/api/v1/auth/login", Public),
+            post(auth::login),
+        ),
+        (
+            spec(M::POST, "/api/v1/auth/logout", Authenticated),
+            post(auth::logout),
+        ),
+        (
+            spec(M::GET, "/api/v1/auth/me", Authenticated),
+            get(auth::me),
+        ),
+        (
+            spec(M::GET, "/api/v1/users", Access::Scope(S::Admin)),
+            get(auth::list_users),
+        ),
+        (
+            spec(M::POST, "/api/v1/users", Access::Scope(S::Admin)),
+            post(auth::create_user),
+        ),
+        (
+            spec(M::GET, "/api/v1/users/{id}", Access::Scope(S::Admin)),
+            get(auth::show_user),
+        ),
+        (
+            spec(M::PATCH, "/api/v1/users/{id}", Access::Scope(S::Admin)),
+            patch(auth::update_user),
+        ),
+        (
+            spec(M::GET, "/api/v1/api-keys", Access::Scope(S::Admin)),
+            get(auth::list_keys),
+        ),
+        (
+            spec(M::POST, "/api/v1/api-keys", Access::Scope(S::Admin)),
+            post(auth::create_key),
+        ),
+        (
+            spec(M::DELETE, "/api/v1/api-keys/{id}", Access::Scope(S::Admin)),
+            delete(auth::revoke_key),
+        ),
         // The REST API.
-        .route("/api/v1/events", post(events::send).get(events::list))
-        .route("/api/v1/events/{id}", get(events::show))
-        .route("/api/v1/apps", get(apps::list_apps))
-        .route("/api/v1/functions", get(apps::list_functions))
-        .route("/api/v1/functions/{id}", get(apps::show_function))
-        .route("/api/v1/functions/{id}/invoke", post(apps::invoke))
-        .route("/api/v1/runs", get(runs::list))
-        .route("/api/v1/runs/{id}", get(runs::show))
-        .route("/api/v1/runs/{id}/events", get(runs::events))
-        .route("/api/v1/runs/{id}/stream", get(runs::stream))
-        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/api/v1/runs/{id}/replay", post(runs::replay))
-        .route(
-            "/api/v1/webhooks",
-            post(webhooks::create).get(webhooks::list),
-        )
-        .route(
-            "/api/v1/webhooks/{id}",
-            get(webhooks::show).delete(webhooks::delete),
-        )
-        .route("/hooks/{id}", post(webhooks::deliver))
-        .with_state(state)
+        (
+            spec(M::POST, "/api/v1/events", Access::Scope(S::EventsSend)),
+            post(events::send),
+        ),
+        (
+            spec(M::GET, "/api/v1/events", Access::Scope(S::EventsRead)),
+            get(events::list),
+        ),
+        (
+            spec(M::GET, "/api/v1/events/{id}", Access::Scope(S::EventsRead)),
+            get(events::show),
+        ),
+        (
+            spec(M::GET, "/api/v1/apps", Access::Scope(S::FunctionsRead)),
+            get(apps::list_apps),
+        ),
+        (
+            spec(M::GET, "/api/v1/functions", Access::Scope(S::FunctionsRead)),
+            get(apps::list_functions),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/functions/{id}",
+                Access::Scope(S::FunctionsRead),
+            ),
+            get(apps::show_function),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/functions/{id}/invoke",
+                Access::Scope(S::RunsWrite),
+            ),
+            post(apps::invoke),
+        ),
+        (
+            spec(M::GET, "/api/v1/runs", Access::Scope(S::RunsRead)),
+            get(runs::list),
+        ),
+        (
+            spec(M::GET, "/api/v1/runs/{id}", Access::Scope(S::RunsRead)),
+            get(runs::show),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/runs/{id}/events",
+                Access::Scope(S::RunsRead),
+            ),
+            get(runs::events),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/runs/{id}/stream",
+                Access::Scope(S::RunsRead),
+            ),
+            get(runs::stream),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/runs/{id}/cancel",
+                Access::Scope(S::RunsWrite),
+            ),
+            post(runs::cancel),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/runs/{id}/replay",
+                Access::Scope(S::RunsWrite),
+            ),
+            post(runs::replay),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/webhooks",
+                Access::Scope(S::FunctionsManage),
+            ),
+            post(webhooks::create),
+        ),
+        (
+            spec(M::GET, "/api/v1/webhooks", Access::Scope(S::FunctionsRead)),
+            get(webhooks::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/webhooks/{id}",
+                Access::Scope(S::FunctionsRead),
+            ),
+            get(webhooks::show),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/webhooks/{id}",
+                Access::Scope(S::FunctionsManage),
+            ),
+            delete(webhooks::delete),
+        ),
+        (
+            spec(M::POST, "/hooks/{id}", Webhook),
+            post(webhooks::deliver),
+        ),
+    ]
+}
+
+/// Every route the router serves, with what it asks of its caller.
+pub fn catalogue() -> Vec<RouteSpec> {
+    routes().into_iter().map(|(spec, _)| spec).collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in routes() {
+        let guard = middleware::from_fn_with_state((state.clone(), spec.access), authorize);
+        router = router.route(spec.path, handler.route_layer(guard));
+    }
+    router.with_state(state)
+}
+
+/// Proves who is calling and whether they may call the route, then hands the handler
+/// a [`Caller`].
+async fn authorize(
+    State((state, access)): State<(AppState, Access)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match caller_for(&state, access, request.headers()).await {
+        Ok(mut caller) => {
+            caller.request_id = crate::caller::request_id(request.headers());
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn caller_for(
+    state: &AppState,
+    access: Access,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, ApiError> {
+    let platform = &state.platform;
+    let auth = &platform.config.auth;
+    let authenticate = || async {
+        crate::auth::authenticate(auth, &state.commands, &*platform.secrets, headers)
+            .await
+            .map_err(|error| match error {
+                AuthError::Unavailable(message) => {
+                    ApiError::unavailable(format!("cannot check credentials now: {message}"))
+                }
+                other => {
+                    tracing::info!(reason = %other, "request not authenticated");
+                    ApiError::unauthenticated()
+                }
+            })
+    };
+    let require = |caller: Caller, scope: Scope| {
+        if caller.may(scope) {
+            Ok(caller)
+        } else {
+            Err(ApiError::forbidden(scope))
+        }
+    };
+    match access {
+        // Their handlers resolve the tenant from the key or webhook they name.
+        Access::Public | Access::Webhook | Access::EventKey => Ok(Caller::dev_admin()),
+        Access::Authenticated => authenticate().await,
+        Access::Scope(scope) => require(authenticate().await?, scope),
+        Access::Protocol(scope) => {
+            let authorization = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if authorization.is_some_and(crate::auth::is_flowforge_credential) {
+                return require(authenticate().await?, scope);
+            }
+            let keys = &platform.config.inngest_keys;
+            if !keys.signing_keys.is_empty() {
+                return if keys.authorizes(authorization) {
+                    Ok(Caller::dev_admin())
+                } else {
+                    Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "send a configured signing key, hashed, as Authorization: Bearer, \
+                         or a FlowForge API key",
+                    ))
+                };
+            }
+            match auth.mode {
+                AuthMode::Open => Ok(Caller::dev_admin()),
+                AuthMode::Required => Err(ApiError::unauthenticated()),
+            }
+        }
+    }
 }
 
 /// A page of a list, newest first.

@@ -1,0 +1,784 @@
+//! Authentication and authorisation, as a client meets them over HTTP: every route of
+//! the API against every kind of credential, revocation and role changes taking effect
+//! at the next request, the login rate limit, and secrets kept out of the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use flowforge_api::auth::token::TokenKeys;
+use flowforge_api::auth::{AuthConfig, AuthMode};
+use flowforge_api::routes::{Access, catalogue};
+use flowforge_domain::access::{Role, Scope};
+use flowforge_store::LogFilter;
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::process::{ServerProcess, TEST_ADMIN_PASSWORD, flowforge_binary};
+use flowforge_tests::server::{Api, TestServer, config_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SECRET: &[u8] = b"auth-tests-token-secret-0123456789abcdef";
+const PASSWORD: &str = "correct horse battery staple";
+
+fn database_url(backend: &TestBackend) -> String {
+    match backend {
+        TestBackend::Sqlite(dir) => format!("sqlite://{}", dir.path().display()),
+        TestBackend::Postgres(db) => db.url().to_owned(),
+    }
+}
+
+/// `flowforge create-admin`, as an operator runs it before the first start.
+fn create_admin(backend: &TestBackend, email: &str, tenant: &str) {
+    let output = std::process::Command::new(flowforge_binary())
+        .args(["create-admin", "--email", email, "--password", PASSWORD])
+        .args(["--tenant", tenant, "--database-url", &database_url(backend)])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "create-admin: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(email) && stdout.contains(tenant),
+        "{stdout}"
+    );
+}
+
+async fn start(backend: &TestBackend) -> TestServer {
+    let mut config = config_for(backend);
+    config.auth = AuthConfig {
+        mode: AuthMode::Required,
+        tokens: Some(TokenKeys::new(SECRET)),
+        token_ttl: Duration::from_secs(600),
+    };
+    TestServer::start_with(config).await
+}
+
+async fn login(base: &str, email: &str, password: &str) -> (u16, Value) {
+    Api::new(base)
+        .post(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+}
+
+async fn token(base: &str, email: &str) -> String {
+    let (status, body) = login(base, email, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+fn as_bearer(base: &str, credential: &str) -> Api {
+    Api::with_bearer(base, Some(credential.to_owned()))
+}
+
+async fn call(api: &Api, method: &Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut request = api
+        .http
+        .request(method.clone(), format!("{}{path}", api.base));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_key(admin: &Api, kind: &str, scopes: &[Scope]) -> (String, String) {
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let (status, body) = admin
+        .post(
+            "/api/v1/api-keys",
+            &json!({"name": format!("{kind} {scopes:?}"), "kind": kind, "scopes": scopes}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let key = body["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("ff_{kind}_")), "{key}");
+    assert!(key.starts_with(body["prefix"].as_str().unwrap()));
+    (body["id"].as_str().unwrap().to_owned(), key)
+}
+
+enum Who {
+    Nobody,
+    User(Role),
+    Key(BTreeSet<Scope>),
+    OtherTenantAdmin,
+}
+
+struct Credential {
+    name: String,
+    bearer: Option<String>,
+    who: Who,
+}
+
+/// How one route is called in the matrix, and what a permitted caller of the resource's
+/// tenant, and the admin of another tenant, get back.
+struct Case {
+    path: String,
+    body: Option<Value>,
+    ok: u16,
+    other_tenant: u16,
+}
+
+fn case(path: impl Into<String>, body: Option<Value>, ok: u16, other_tenant: u16) -> Case {
+    Case {
+        path: path.into(),
+        body,
+        ok,
+        other_tenant,
+    }
+}
+
+/// Every route × every kind of credential, with the exact status. The routes come from
+/// the router's own catalogue: a new route without an entry here fails this test.
+async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
+    create_admin(&backend, "admin@acme.test", "acme");
+    create_admin(&backend, "admin@other.test", "other");
+    let server = start(&backend).await;
+    let base = server.url.clone();
+    let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);
+
+    // Users of each role, and the resources the matrix reads.
+    let mut viewer_id = String::new();
+    for (email, role) in [
+        ("viewer@acme.test", "viewer"),
+        ("member@acme.test", "member"),
+    ] {
+        let (status, user) = admin
+            .post(
+                "/api/v1/users",
+                &json!({"email": email, "name": role, "role": role, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 201, "{user}");
+        assert_eq!(user["role"], role);
+        if role == "viewer" {
+            viewer_id = user["id"].as_str().unwrap().to_owned();
+        }
+    }
+    let (status, hook) = admin
+        .post("/api/v1/webhooks", &json!({"name": "matrix"}))
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    let (status, sent) = admin
+        .post(
+            "/api/v1/events",
+            &json!({"name": "matrix/seed", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let event_id = sent["ids"][0].as_str().unwrap().to_owned();
+    let (doomed_key, _) = create_key(&admin, "live", &[Scope::RunsRead]).await;
+    let missing = uuid::Uuid::now_v7();
+
+    let mut credentials = vec![
+        Credential {
+            name: "no credentials".into(),
+            bearer: None,
+            who: Who::Nobody,
+        },
+        Credential {
+            name: "expired token".into(),
+            bearer: Some({
+                let now = chrono::Utc::now();
+                let viewer: uuid::Uuid = viewer_id.parse().unwrap();
+                TokenKeys::new(SECRET)
+                    .issue(
+                        viewer,
+                        "acme",
+                        uuid::Uuid::now_v7(),
+                        now - chrono::Duration::minutes(20),
+                        now - chrono::Duration::minutes(5),
+                    )
+                    .unwrap()
+            }),
+            who: Who::Nobody,
+        },
+        Credential {
+            name: "tampered token".into(),
+            bearer: Some({
+                let good = token(&base, "admin@acme.test").await;
+                let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+                // Another tenant in the claims, signature left as it was.
+                let claims = String::from_utf8(base64_url_decode(&parts[1]))
+                    .unwrap()
+                    .replace("\"acme\"", "\"other\"");
+                parts[1] = base64_url_encode(claims.as_bytes());
+                parts.join(".")
+            }),
+            who: Who::Nobody,
+        },
+        Credential {
+            name: "unknown API key".into(),
+            bearer: Some(format!("ff_live_{}", "A".repeat(44))),
+            who: Who::Nobody,
+        },
+    ];
+    for (email, role) in [
+        ("viewer@acme.test", Role::Viewer),
+        ("member@acme.test", Role::Member),
+        ("admin@acme.test", Role::Admin),
+    ] {
+        credentials.push(Credential {
+            name: format!("{role} token"),
+            bearer: Some(token(&base, email).await),
+            who: Who::User(role),
+        });
+    }
+    for scope in Scope::ALL {
+        let (_, key) = create_key(&admin, "live", &[scope]).await;
+        credentials.push(Credential {
+            name: format!("live key with only {scope}"),
+            bearer: Some(key),
+            who: Who::Key([scope].into()),
+        });
+    }
+    let reads: Vec<Scope> = Scope::ALL.into_iter().filter(|s| s.is_read()).collect();
+    let (_, ro) = create_key(&admin, "ro", &reads).await;
+    credentials.push(Credential {
+        name: "ro key with every read scope".into(),
+        bearer: Some(ro),
+        who: Who::Key(reads.iter().copied().collect()),
+    });
+    let test_scopes = [Scope::EventsSend, Scope::RunsRead];
+    let (_, test) = create_key(&admin, "test", &test_scopes).await;
+    credentials.push(Credential {
+        name: "test key with events:send, runs:read".into(),
+        bearer: Some(test),
+        who: Who::Key(test_scopes.into()),
+    });
+    credentials.push(Credential {
+        name: "another tenant's admin".into(),
+        bearer: Some(token(&base, "admin@other.test").await),
+        who: Who::OtherTenantAdmin,
+    });
+
+    let mut n = 0usize;
+    let mut cases = move |method: &Method, path: &str| -> Option<Case> {
+        n += 1;
+        let m = method.as_str();
+        Some(match (m, path) {
+            ("GET", "/health") | ("GET", "/ready") | ("GET", "/metrics") => {
+                case(path, None, 200, 200)
+            }
+            ("POST", "/e/{key}") => case("/e/not-a-key", Some(json!({"name": "x"})), 401, 401),
+            ("POST", "/fn/register") => case(path, Some(json!({})), 400, 400),
+            ("POST", "/v0/gql") => case(path, Some(json!({"query": "{ __typename }"})), 200, 200),
+            ("GET", "/v1/events") => case(path, None, 200, 200),
+            ("GET", "/v0/runs/{id}/batch") => {
+                case(format!("/v0/runs/{missing}/batch"), None, 404, 404)
+            }
+            ("GET", "/v0/runs/{id}/actions") => {
+                case(format!("/v0/runs/{missing}/actions"), None, 404, 404)
+            }
+            ("POST", "/api/v1/auth/login") => case(path, Some(json!({})), 400, 400),
+            ("POST", "/api/v1/auth/logout") => return None, // last, see below
+            ("GET", "/api/v1/auth/me") => case(path, None, 200, 200),
+            ("GET", "/api/v1/users") => case(path, None, 200, 200),
+            ("POST", "/api/v1/users") => case(
+                path,
+                Some(
+                    json!({"email": format!("new-{n}@matrix.test"), "name": "New", "role": "viewer", "password": PASSWORD}),
+                ),
+                201,
+                201,
+            ),
+            ("GET", "/api/v1/users/{id}") => {
+                case(format!("/api/v1/users/{viewer_id}"), None, 200, 404)
+            }
+            ("PATCH", "/api/v1/users/{id}") => case(
+                format!("/api/v1/users/{viewer_id}"),
+                Some(json!({"role": "viewer"})),
+                200,
+                404,
+            ),
+            ("GET", "/api/v1/api-keys") => case(path, None, 200, 200),
+            ("POST", "/api/v1/api-keys") => case(
+                path,
+                Some(json!({"name": "made in the matrix", "kind": "ro", "scopes": ["runs:read"]})),
+                201,
+                201,
+            ),
+            ("DELETE", "/api/v1/api-keys/{id}") => {
+                case(format!("/api/v1/api-keys/{doomed_key}"), None, 200, 404)
+            }
+            ("POST", "/api/v1/events") => case(
+                path,
+                Some(json!({"name": "matrix/ping", "data": {}})),
+                200,
+                200,
+            ),
+            ("GET", "/api/v1/events") => case(path, None, 200, 200),
+            ("GET", "/api/v1/events/{id}") => {
+                case(format!("/api/v1/events/{event_id}"), None, 200, 404)
+            }
+            ("GET", "/api/v1/apps") | ("GET", "/api/v1/functions") => case(path, None, 200, 200),
+            ("GET", "/api/v1/functions/{id}") => case("/api/v1/functions/nope", None, 404, 404),
+            ("POST", "/api/v1/functions/{id}/invoke") => {
+                case("/api/v1/functions/nope/invoke", Some(json!({})), 404, 404)
+            }
+            ("GET", "/api/v1/runs") => case(path, None, 200, 200),
+            ("GET", "/api/v1/runs/{id}")
+            | ("GET", "/api/v1/runs/{id}/events")
+            | ("GET", "/api/v1/runs/{id}/stream")
+            | ("POST", "/api/v1/runs/{id}/cancel")
+            | ("POST", "/api/v1/runs/{id}/replay") => {
+                case(path.replace("{id}", &missing.to_string()), None, 404, 404)
+            }
+            ("POST", "/api/v1/webhooks") => {
+                case(path, Some(json!({"name": format!("hook-{n}")})), 201, 201)
+            }
+            ("GET", "/api/v1/webhooks") => case(path, None, 200, 200),
+            ("GET", "/api/v1/webhooks/{id}") => {
+                case(format!("/api/v1/webhooks/{hook_id}"), None, 200, 404)
+            }
+            ("DELETE", "/api/v1/webhooks/{id}") => {
+                case(format!("/api/v1/webhooks/{missing}"), None, 404, 404)
+            }
+            ("POST", "/hooks/{id}") => case(format!("/hooks/{missing}"), Some(json!({})), 404, 404),
+            _ => panic!("route {m} {path} has no entry in the access matrix: add one"),
+        })
+    };
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for route in catalogue() {
+        for credential in &credentials {
+            let Some(case) = cases(&route.method, route.path) else {
+                continue;
+            };
+            let expected = match (route.access, &credential.who) {
+                (Access::Public | Access::Webhook | Access::EventKey, _) => case.ok,
+                (_, Who::Nobody) => 401,
+                (_, Who::OtherTenantAdmin) => case.other_tenant,
+                (Access::Authenticated, _) => case.ok,
+                (Access::Scope(scope) | Access::Protocol(scope), Who::User(role)) => {
+                    if role.grants(scope) { case.ok } else { 403 }
+                }
+                (Access::Scope(scope) | Access::Protocol(scope), Who::Key(scopes)) => {
+                    if scopes.contains(&scope) || scopes.contains(&Scope::Admin) {
+                        case.ok
+                    } else {
+                        403
+                    }
+                }
+            };
+            let api = match &credential.bearer {
+                Some(bearer) => as_bearer(&base, bearer),
+                None => Api::new(base.clone()),
+            };
+            let (status, body) = call(&api, &route.method, &case.path, case.body.as_ref()).await;
+            checked += 1;
+            if status != expected {
+                failures.push(format!(
+                    "{} {} as {}: expected {expected}, got {status} {body}",
+                    route.method, case.path, credential.name
+                ));
+            }
+            if status == 401
+                && route.access != Access::EventKey
+                && route.path != "/api/v1/auth/login"
+            {
+                // Refusals say nothing about why.
+                assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+            }
+        }
+    }
+    // Logging out ends the session of the token sent; keys have no session.
+    for credential in &credentials {
+        let api = match &credential.bearer {
+            Some(bearer) => as_bearer(&base, bearer),
+            None => Api::new(base.clone()),
+        };
+        let expected = match credential.who {
+            Who::Nobody => 401,
+            Who::User(_) | Who::OtherTenantAdmin => 204,
+            Who::Key(_) => 400,
+        };
+        let (status, body) = call(&api, &Method::POST, "/api/v1/auth/logout", None).await;
+        checked += 1;
+        if status != expected {
+            failures.push(format!(
+                "POST /api/v1/auth/logout as {}: expected {expected}, got {status} {body}",
+                credential.name
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} calls answered wrongly:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{checked} route × credential calls answered as expected");
+    server.stop().await;
+}
+
+fn base64_url_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
+fn base64_url_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Revoking a key, disabling a user, changing a role and logging out each act on the
+/// very next request.
+async fn identity_changes_take_effect_at_the_next_request(backend: TestBackend) {
+    create_admin(&backend, "admin@acme.test", "acme");
+    let server = start(&backend).await;
+    let base = server.url.clone();
+    let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);
+
+    let (key_id, key) = create_key(&admin, "live", &[Scope::RunsRead]).await;
+    let app = as_bearer(&base, &key);
+    assert_eq!(app.get("/api/v1/runs").await.0, 200);
+    let (status, listed) = admin.get("/api/v1/api-keys").await;
+    assert_eq!(status, 200);
+    let items = listed["items"].as_array().unwrap();
+    let mine = items.iter().find(|k| k["id"] == key_id.as_str());
+    // The listing comes from a read model; the key itself is checked against the log.
+    if let Some(mine) = mine {
+        assert!(
+            mine.get("key").is_none(),
+            "the key is shown once, at creation"
+        );
+    }
+    let (status, revoked) = call(
+        &admin,
+        &Method::DELETE,
+        &format!("/api/v1/api-keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    assert_eq!(
+        app.get("/api/v1/runs").await.0,
+        401,
+        "a revoked key stops at once"
+    );
+
+    let (status, _) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"email": "ada@acme.test", "name": "Ada", "role": "viewer", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, ada) = login(&base, "Ada@ACME.test", PASSWORD).await;
+    let ada_id = ada["user"]["id"].as_str().unwrap().to_owned();
+    let ada = as_bearer(&base, ada["access_token"].as_str().unwrap());
+    let (status, me) = ada.get("/api/v1/auth/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (me["tenant"].as_str(), me["role"].as_str()),
+        (Some("acme"), Some("viewer"))
+    );
+    let event = json!({"name": "x/y", "data": {}});
+    assert_eq!(
+        ada.post("/api/v1/events", &event).await.0,
+        403,
+        "viewers read only"
+    );
+
+    let promote = json!({"role": "member"});
+    let (status, _) = call(
+        &admin,
+        &Method::PATCH,
+        &format!("/api/v1/users/{ada_id}"),
+        Some(&promote),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ada.post("/api/v1/events", &event).await.0,
+        200,
+        "the new role acts at once"
+    );
+
+    let disable = json!({"disabled": true});
+    let (status, user) = call(
+        &admin,
+        &Method::PATCH,
+        &format!("/api/v1/users/{ada_id}"),
+        Some(&disable),
+    )
+    .await;
+    assert_eq!((status, &user["disabled"]), (200, &json!(true)));
+    assert_eq!(
+        ada.get("/api/v1/runs").await.0,
+        401,
+        "a disabled user stops at once"
+    );
+    let (status, refused) = login(&base, "ada@acme.test", PASSWORD).await;
+    assert_eq!(status, 401);
+    assert_eq!(refused["error"]["message"], "invalid email or password");
+
+    let enable = json!({"disabled": false});
+    call(
+        &admin,
+        &Method::PATCH,
+        &format!("/api/v1/users/{ada_id}"),
+        Some(&enable),
+    )
+    .await;
+    let ada = as_bearer(&base, &token(&base, "ada@acme.test").await);
+    assert_eq!(ada.get("/api/v1/runs").await.0, 200);
+    assert_eq!(
+        call(&ada, &Method::POST, "/api/v1/auth/logout", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        ada.get("/api/v1/runs").await.0,
+        401,
+        "a logged-out token stops at once"
+    );
+
+    // Nobody grants what they do not hold, and bad input names its field.
+    let (status, body) = admin
+        .post(
+            "/api/v1/api-keys",
+            &json!({"name": "k", "kind": "ro", "scopes": ["events:send"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("scopes")),
+        "{body}"
+    );
+    let (status, body) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"email": "b@acme.test", "name": "B", "role": "owner", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("role")),
+        "{body}"
+    );
+    let (status, body) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"email": "b@acme.test", "name": "B", "role": "viewer", "password": "short"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("password")),
+        "{body}"
+    );
+    let (status, body) = admin
+        .post("/api/v1/users", &json!({"email": "admin@acme.test", "name": "Again", "role": "viewer", "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        login(&base, "admin@acme.test", PASSWORD).await.0,
+        200,
+        "a refused duplicate leaves the existing user's password alone"
+    );
+    server.stop().await;
+}
+
+/// Failed logins are limited per account, answered alike whether or not the account
+/// exists, and cost about the same time either way.
+async fn failed_logins_are_limited_and_alike(backend: TestBackend) {
+    create_admin(&backend, "admin@acme.test", "acme");
+    let server = start(&backend).await;
+    let base = server.url.clone();
+
+    let mut times: HashMap<&str, Vec<Duration>> = HashMap::new();
+    for round in 0..4 {
+        for (label, email) in [
+            ("exists", "admin@acme.test"),
+            ("unknown", "ghost@acme.test"),
+        ] {
+            let started = Instant::now();
+            let (status, body) = login(&base, email, &format!("wrong password {round}")).await;
+            times.entry(label).or_default().push(started.elapsed());
+            assert_eq!(status, 401);
+            assert_eq!(
+                body["error"]["message"], "invalid email or password",
+                "{body}"
+            );
+        }
+    }
+    let median = |label: &str| {
+        let mut t = times[label].clone();
+        t.sort();
+        t[t.len() / 2]
+    };
+    let (exists, unknown) = (median("exists"), median("unknown"));
+    // Both verify an argon2id hash; without the decoy, `unknown` would answer in
+    // microseconds and tell an attacker which emails have accounts.
+    assert!(
+        unknown * 3 > exists && exists * 3 > unknown,
+        "login time depends on whether the account exists: {exists:?} vs {unknown:?}"
+    );
+
+    // The fifth failure locks the account for a while, even with the right password.
+    let (status, _) = login(&base, "admin@acme.test", "wrong again").await;
+    assert_eq!(status, 401);
+    let (status, body) = login(&base, "admin@acme.test", PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    server.stop().await;
+
+    // Every failure for the existing account is in the log, without the password tried.
+    let store = backend.store().await;
+    let everything = store.read_all(0, 100_000, &LogFilter::all()).await.unwrap();
+    let failed: Vec<_> = everything
+        .events
+        .iter()
+        .filter(|e| e.event_type == "auth.login_failed")
+        .collect();
+    assert_eq!(
+        failed.len(),
+        5,
+        "one event per failed login of the real account"
+    );
+    assert!(failed.iter().all(|e| {
+        let payload = e.payload.get();
+        payload.contains("wrong_password")
+            && !payload.contains("wrong password")
+            && !payload.contains("wrong again")
+    }));
+}
+
+/// Passwords, their hashes and API keys never reach the log or the process's own logs.
+async fn secrets_stay_out_of_the_log_and_the_logs(backend: TestBackend) {
+    create_admin(&backend, "admin@acme.test", "acme");
+    let server = start(&backend).await;
+    let base = server.url.clone();
+    let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);
+    let (_, key) = create_key(&admin, "live", &[Scope::EventsSend]).await;
+    let sender = as_bearer(&base, &key);
+    assert_eq!(
+        sender
+            .post("/api/v1/events", &json!({"name": "a/b", "data": {}}))
+            .await
+            .0,
+        200
+    );
+    // An Inngest SDK sends with the key in the path.
+    let (status, body) = Api::new(base.clone())
+        .post(&format!("/e/{key}"), &json!({"name": "a/c", "data": {}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    login(&base, "admin@acme.test", "a wrong password here").await;
+    server.stop().await;
+
+    let store = backend.store().await;
+    let everything = store.read_all(0, 100_000, &LogFilter::all()).await.unwrap();
+    let types: BTreeSet<&str> = everything
+        .events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    for expected in [
+        "tenant.created",
+        "user.created",
+        "auth.logged_in",
+        "auth.login_failed",
+        "api_key.created",
+    ] {
+        assert!(
+            types.contains(expected),
+            "{expected} missing from {types:?}"
+        );
+    }
+    let key_hash = flowforge_api::auth::keys::hash(&key);
+    for event in &everything.events {
+        let text = format!("{} {:?}", event.payload.get(), event.metadata);
+        for secret in [
+            PASSWORD,
+            "a wrong password here",
+            key.as_str(),
+            key_hash.as_str(),
+            "$argon2",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{} holds a secret: {text}",
+                event.event_type
+            );
+        }
+    }
+    let sent: Vec<_> = everything
+        .events
+        .iter()
+        .filter(|e| e.event_type == "event.received" && e.payload.get().contains("\"a/c\""))
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].tenant_id(),
+        "acme",
+        "the key's tenant, not the default one"
+    );
+}
+
+flowforge_tests::on_both_backends!(
+    every_route_answers_every_credential_exactly,
+    identity_changes_take_effect_at_the_next_request,
+    failed_logins_are_limited_and_alike,
+    secrets_stay_out_of_the_log_and_the_logs
+);
+
+/// The server's own logs, at debug level, hold no password, token or key either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_the_tracing_output() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let TestBackend::Postgres(db) = &backend else {
+        return;
+    };
+    let mut server = ServerProcess::serving(db.url());
+    server.set_env("FLOWFORGE_LOG", "debug");
+    // Starting provisions an admin (create-admin), logs in and creates an API key.
+    server.start().await;
+    let key = server.api_key().unwrap().to_owned();
+    let (status, _) = server
+        .api()
+        .post("/api/v1/events", &json!({"name": "a/b", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, me) = server.api().get("/api/v1/auth/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["actor"]["kind"], "api_key");
+    let (status, _) = login(&server.url, "nobody@tests.invalid", "a guessed password").await;
+    assert_eq!(status, 401);
+    let (status, _) = Api::new(server.url.clone()).get("/api/v1/runs").await;
+    assert_eq!(status, 401);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("DEBUG"), "the server logged at debug level");
+    assert!(
+        log.contains("request not authenticated"),
+        "refusals are logged"
+    );
+    for secret in [
+        TEST_ADMIN_PASSWORD,
+        "a guessed password",
+        key.as_str(),
+        "$argon2",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "the server log holds a secret ({secret})"
+        );
+    }
+    assert!(!log.contains("eyJ"), "the server log holds a token");
+}
