@@ -91,15 +91,82 @@ fn bench_app(server_url: String, serve_url: String) -> App {
     )
 }
 
+/// What `flowforge serve` requires, as production sets it up: a token secret, a
+/// signing key shared with the app, and an admin whose API key the load generator sends.
+struct Security {
+    jwt_secret: String,
+    signing_key: String,
+    database_url: String,
+    api_key: Option<String>,
+}
+
+impl Security {
+    fn new(database_url: String) -> Self {
+        let random = || Uuid::new_v4().simple().to_string();
+        Self {
+            jwt_secret: format!("{}{}", random(), random()),
+            signing_key: format!("signkey-bench-{}{}", random(), random()),
+            database_url,
+            api_key: None,
+        }
+    }
+
+    /// `flowforge create-admin`, a login, and an admin API key.
+    async fn provision(&mut self, server_url: &str) -> anyhow::Result<()> {
+        let email = format!("bench-{}@bench.invalid", Uuid::new_v4().simple());
+        let password = Uuid::new_v4().simple().to_string();
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(["create-admin", "--email", &email, "--password", &password])
+            .args(["--database-url", &self.database_url])
+            .env("FLOWFORGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("create-admin failed");
+        }
+        let http = reqwest::Client::new();
+        let login: Value = http
+            .post(format!("{server_url}/api/v1/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["access_token"]
+            .as_str()
+            .context("login answered no token")?;
+        let key: Value = http
+            .post(format!("{server_url}/api/v1/api-keys"))
+            .bearer_auth(token)
+            .json(&json!({"name": "bench", "kind": "live", "scopes": ["admin"]}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        self.api_key = Some(key["key"].as_str().context("no key created")?.to_owned());
+        Ok(())
+    }
+}
+
 struct Server {
     child: std::process::Child,
     url: String,
 }
 
 impl Server {
-    async fn start(args: &[String], port: u16) -> anyhow::Result<Self> {
+    async fn start(
+        args: &[String],
+        port: u16,
+        security: Option<&Security>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
-        let child = std::process::Command::new(exe)
+        let mut command = std::process::Command::new(exe);
+        if let Some(security) = security {
+            command
+                .env("FLOWFORGE_JWT_SECRET", &security.jwt_secret)
+                .env("FLOWFORGE_SIGNING_KEY", &security.signing_key);
+        }
+        let child = command
             .args(args)
             .args(["--port", &port.to_string()])
             // FLOWFORGE_BENCH_SERVER_LOG (e.g. `flowforge_engine=debug`) shows where a
@@ -166,7 +233,7 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     "--data-dir".to_owned(),
                     dir.display().to_string(),
                 ];
-                let result = measure(&args, backend, &paths, &[server_args]).await;
+                let result = measure(&args, backend, &paths, &[server_args], None).await;
                 // FLOWFORGE_BENCH_KEEP=1 keeps the data for inspection (e.g. per-event timings).
                 if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
                     eprintln!("kept {}", dir.display());
@@ -189,7 +256,7 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     "--host".to_owned(),
                     "127.0.0.1".to_owned(),
                     "--database-url".to_owned(),
-                    url,
+                    url.clone(),
                 ];
                 let prefix = format!("FFBENCH{}", &Uuid::new_v4().simple().to_string()[..12]);
                 let mut servers = vec![server_args.clone()];
@@ -211,7 +278,14 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                 } else {
                     backend.to_owned()
                 };
-                let result = measure(&args, &label, &paths, &servers).await;
+                let result = measure(
+                    &args,
+                    &label,
+                    &paths,
+                    &servers,
+                    Some(Security::new(url.clone())),
+                )
+                .await;
                 if backend == "postgres-nats"
                     && let Ok(client) = async_nats::connect(args.nats_url.as_str()).await
                 {
@@ -241,15 +315,29 @@ async fn measure(
     backend: &str,
     paths: &[&str],
     servers_args: &[Vec<String>],
+    mut security: Option<Security>,
 ) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for server_args in servers_args {
-        servers.push(Server::start(server_args, free_port()?).await?);
+        servers.push(Server::start(server_args, free_port()?, security.as_ref()).await?);
     }
     let server = &servers[0];
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(security) = security.as_mut() {
+        security.provision(&server.url).await?;
+        if let Some(key) = &security.api_key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse()?,
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let serve_url = format!("http://{}/api/flowforge", listener.local_addr()?);
-    let app = bench_app(server.url.clone(), serve_url);
+    let mut app = bench_app(server.url.clone(), serve_url);
+    if let Some(security) = &security {
+        app = app.signing_key(security.signing_key.clone());
+    }
     let router = axum::Router::new().nest("/api/flowforge", app.router());
     let app_task = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -259,6 +347,7 @@ async fn measure(
         .map_err(|e| anyhow::anyhow!("registering the bench app: {e}"))?;
 
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.conc.max(1))
         .tcp_nodelay(true)
         .build()?;
