@@ -381,7 +381,18 @@ enum BenchCommand {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run_cli(Cli::parse())
+}
+
+/// `flowforge <command> …` under another program name: `flowforge-create-admin -e … -p …`
+/// is `flowforge create-admin -e … -p …`.
+pub fn main_with_command(command: &str) -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    args.insert(1.min(args.len()), command.into());
+    run_cli(Cli::parse_from(args))
+}
+
+fn run_cli(cli: Cli) -> ExitCode {
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

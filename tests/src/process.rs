@@ -25,7 +25,8 @@ fn build_flowforge() -> PathBuf {
         .map(PathBuf::from)
         .expect("target dir");
     let binary = profile_dir.join("flowforge");
-    if binary.exists() {
+    let aliases = ["flowforge-server", "flowforge-create-admin"];
+    if binary.exists() && aliases.iter().all(|a| profile_dir.join(a).exists()) {
         return binary;
     }
     let lock = profile_dir.join(".flowforge-build-lock");
@@ -38,13 +39,9 @@ fn build_flowforge() -> PathBuf {
         .unwrap_or("debug")
         .to_owned();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.current_dir(workspace_root()).args([
-        "build",
-        "-p",
-        "flowforge-api",
-        "--bin",
-        "flowforge",
-    ]);
+    build
+        .current_dir(workspace_root())
+        .args(["build", "-p", "flowforge-api", "--bins"]);
     if profile == "release" {
         build.arg("--release");
     }

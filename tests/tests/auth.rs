@@ -30,11 +30,22 @@ fn database_url(backend: &TestBackend) -> String {
 
 /// `flowforge create-admin`, as an operator runs it before the first start.
 fn create_admin(backend: &TestBackend, email: &str, tenant: &str) {
-    let output = std::process::Command::new(flowforge_binary())
-        .args(["create-admin", "--email", email, "--password", PASSWORD])
+    create_admin_as(backend, "flowforge", email, tenant);
+}
+
+/// The same under another of its names: `flowforge-server create-admin …` or
+/// `flowforge-create-admin -e … -p … -n …`.
+fn create_admin_as(backend: &TestBackend, program: &str, email: &str, tenant: &str) {
+    let binary = flowforge_binary().with_file_name(program);
+    let mut command = std::process::Command::new(&binary);
+    if program != "flowforge-create-admin" {
+        command.arg("create-admin");
+    }
+    let output = command
+        .args(["-e", email, "-p", PASSWORD, "-n", "Admin"])
         .args(["--tenant", tenant, "--database-url", &database_url(backend)])
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
     assert!(
         output.status.success(),
         "create-admin: {}",
@@ -138,7 +149,12 @@ fn case(path: impl Into<String>, body: Option<Value>, ok: u16, other_tenant: u16
 /// the router's own catalogue: a new route without an entry here fails this test.
 async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
     create_admin(&backend, "admin@acme.test", "acme");
-    create_admin(&backend, "admin@other.test", "other");
+    create_admin_as(
+        &backend,
+        "flowforge-create-admin",
+        "admin@other.test",
+        "other",
+    );
     let server = start(&backend).await;
     let base = server.url.clone();
     let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);
@@ -264,9 +280,10 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
         n += 1;
         let m = method.as_str();
         Some(match (m, path) {
-            ("GET", "/health") | ("GET", "/ready") | ("GET", "/metrics") => {
-                case(path, None, 200, 200)
-            }
+            ("GET", "/health")
+            | ("GET", "/ready")
+            | ("GET", "/metrics")
+            | ("GET", "/api/v1/openapi.json") => case(path, None, 200, 200),
             ("POST", "/e/{key}") => case("/e/not-a-key", Some(json!({"name": "x"})), 401, 401),
             ("POST", "/fn/register") => case(path, Some(json!({})), 400, 400),
             ("POST", "/v0/gql") => case(path, Some(json!({"query": "{ __typename }"})), 200, 200),
@@ -345,6 +362,38 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
             _ => panic!("route {m} {path} has no entry in the access matrix: add one"),
         })
     };
+
+    // The published API description and the router list the same routes.
+    let (status, document) = Api::new(base.clone()).get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    let described: BTreeSet<(String, String)> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> = catalogue()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .collect();
+    assert_eq!(described, served, "openapi.json and the router disagree");
+    for route in catalogue() {
+        let operation = &document["paths"][route.path][route.method.as_str().to_lowercase()];
+        if let Access::Scope(scope) = route.access {
+            assert_eq!(
+                operation["x-flowforge-access"]["scope"],
+                scope.as_str(),
+                "{}",
+                route.path
+            );
+        }
+    }
 
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -435,7 +484,7 @@ fn base64_url_encode(bytes: &[u8]) -> String {
 /// Revoking a key, disabling a user, changing a role and logging out each act on the
 /// very next request.
 async fn identity_changes_take_effect_at_the_next_request(backend: TestBackend) {
-    create_admin(&backend, "admin@acme.test", "acme");
+    create_admin_as(&backend, "flowforge-server", "admin@acme.test", "acme");
     let server = start(&backend).await;
     let base = server.url.clone();
     let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);

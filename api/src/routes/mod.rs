@@ -4,6 +4,7 @@ pub mod apps;
 pub mod auth;
 pub mod events;
 pub mod gql;
+pub mod openapi;
 pub mod runs;
 pub mod system;
 pub mod webhooks;
@@ -81,13 +82,15 @@ pub struct RouteSpec {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    pub summary: &'static str,
 }
 
-fn spec(method: Method, path: &'static str, access: Access) -> RouteSpec {
+fn spec(method: Method, path: &'static str, access: Access, summary: &'static str) -> RouteSpec {
     RouteSpec {
         method,
         path,
         access,
+        summary,
     }
 }
 
@@ -98,97 +101,222 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Method as M;
     use flowforge_domain::access::Scope as S;
     vec![
-        (spec(M::GET, "/health", Public), get(system::health)),
-        (spec(M::GET, "/ready", Public), get(system::ready)),
         (
-            spec(M::GET, "/metrics", Access::Scope(S::RunsRead)),
+            spec(M::GET, "/health", Public, "Liveness: the process is up"),
+            get(system::health),
+        ),
+        (
+            spec(
+                M::GET,
+                "/ready",
+                Public,
+                "Readiness: databases, read-model lag, work queue",
+            ),
+            get(system::ready),
+        ),
+        (
+            spec(
+                M::GET,
+                "/metrics",
+                Access::Scope(S::RunsRead),
+                "Prometheus metrics of this process",
+            ),
             get(system::metrics),
+        ),
+        (
+            spec(M::GET, "/api/v1/openapi.json", Public, "This document"),
+            get(openapi::document),
         ),
         // The SDK protocol.
         (
-            spec(M::POST, "/e/{key}", EventKey),
+            spec(
+                M::POST,
+                "/e/{key}",
+                EventKey,
+                "Send events with an event key or API key in the path (Inngest SDKs)",
+            ),
             post(events::send_with_key),
         ),
         (
-            spec(M::POST, "/fn/register", Protocol(S::FunctionsManage)),
+            spec(
+                M::POST,
+                "/fn/register",
+                Protocol(S::FunctionsManage),
+                "Sync an app's functions (Inngest SDKs)",
+            ),
             post(apps::register),
         ),
         (
-            spec(M::POST, "/v0/gql", Protocol(S::RunsRead)),
+            spec(
+                M::POST,
+                "/v0/gql",
+                Protocol(S::RunsRead),
+                "Run status for Inngest SDKs (GraphQL)",
+            ),
             post(gql::handle),
         ),
         (
-            spec(M::GET, "/v1/events", Protocol(S::EventsRead)),
+            spec(
+                M::GET,
+                "/v1/events",
+                Protocol(S::EventsRead),
+                "Events in Inngest's REST shape",
+            ),
             get(events::list_inngest),
         ),
         (
-            spec(M::GET, "/v0/runs/{id}/batch", Protocol(S::RunsRead)),
+            spec(
+                M::GET,
+                "/v0/runs/{id}/batch",
+                Protocol(S::RunsRead),
+                "A run's triggering events (use_api)",
+            ),
             get(runs::protocol_batch),
         ),
         (
-            spec(M::GET, "/v0/runs/{id}/actions", Protocol(S::RunsRead)),
+            spec(
+                M::GET,
+                "/v0/runs/{id}/actions",
+                Protocol(S::RunsRead),
+                "A run's memoized steps (use_api)",
+            ),
             get(runs::protocol_actions),
         ),
         // Identity.
         (
-            spec(M::POST, "/api/v1/auth/login", Public),
+            spec(
+                M::POST,
+                "/api/v1/auth/login",
+                Public,
+                "Email and password for an access token",
+            ),
             post(auth::login),
         ),
         (
-            spec(M::POST, "/api/v1/auth/logout", Authenticated),
+            spec(
+                M::POST,
+                "/api/v1/auth/logout",
+                Authenticated,
+                "End the session of the token sent",
+            ),
             post(auth::logout),
         ),
         (
-            spec(M::GET, "/api/v1/auth/me", Authenticated),
+            spec(
+                M::GET,
+                "/api/v1/auth/me",
+                Authenticated,
+                "The caller: tenant, identity, role or scopes",
+            ),
             get(auth::me),
         ),
         (
-            spec(M::GET, "/api/v1/users", Access::Scope(S::Admin)),
+            spec(
+                M::GET,
+                "/api/v1/users",
+                Access::Scope(S::Admin),
+                "Users of the caller's tenant",
+            ),
             get(auth::list_users),
         ),
         (
-            spec(M::POST, "/api/v1/users", Access::Scope(S::Admin)),
+            spec(
+                M::POST,
+                "/api/v1/users",
+                Access::Scope(S::Admin),
+                "Create a user with a role and a first password",
+            ),
             post(auth::create_user),
         ),
         (
-            spec(M::GET, "/api/v1/users/{id}", Access::Scope(S::Admin)),
+            spec(
+                M::GET,
+                "/api/v1/users/{id}",
+                Access::Scope(S::Admin),
+                "One user",
+            ),
             get(auth::show_user),
         ),
         (
-            spec(M::PATCH, "/api/v1/users/{id}", Access::Scope(S::Admin)),
+            spec(
+                M::PATCH,
+                "/api/v1/users/{id}",
+                Access::Scope(S::Admin),
+                "Change a user's role, disabled flag or password",
+            ),
             patch(auth::update_user),
         ),
         (
-            spec(M::GET, "/api/v1/api-keys", Access::Scope(S::Admin)),
+            spec(
+                M::GET,
+                "/api/v1/api-keys",
+                Access::Scope(S::Admin),
+                "API keys of the caller's tenant (never the keys themselves)",
+            ),
             get(auth::list_keys),
         ),
         (
-            spec(M::POST, "/api/v1/api-keys", Access::Scope(S::Admin)),
+            spec(
+                M::POST,
+                "/api/v1/api-keys",
+                Access::Scope(S::Admin),
+                "Create an API key; the answer is the only place the key appears",
+            ),
             post(auth::create_key),
         ),
         (
-            spec(M::DELETE, "/api/v1/api-keys/{id}", Access::Scope(S::Admin)),
+            spec(
+                M::DELETE,
+                "/api/v1/api-keys/{id}",
+                Access::Scope(S::Admin),
+                "Revoke an API key, at once",
+            ),
             delete(auth::revoke_key),
         ),
         // The REST API.
         (
-            spec(M::POST, "/api/v1/events", Access::Scope(S::EventsSend)),
+            spec(
+                M::POST,
+                "/api/v1/events",
+                Access::Scope(S::EventsSend),
+                "Send one event or an array; ?wait=true waits for their runs",
+            ),
             post(events::send),
         ),
         (
-            spec(M::GET, "/api/v1/events", Access::Scope(S::EventsRead)),
+            spec(
+                M::GET,
+                "/api/v1/events",
+                Access::Scope(S::EventsRead),
+                "Events, newest first",
+            ),
             get(events::list),
         ),
         (
-            spec(M::GET, "/api/v1/events/{id}", Access::Scope(S::EventsRead)),
+            spec(
+                M::GET,
+                "/api/v1/events/{id}",
+                Access::Scope(S::EventsRead),
+                "One event and the runs it triggered",
+            ),
             get(events::show),
         ),
         (
-            spec(M::GET, "/api/v1/apps", Access::Scope(S::FunctionsRead)),
+            spec(
+                M::GET,
+                "/api/v1/apps",
+                Access::Scope(S::FunctionsRead),
+                "Registered apps",
+            ),
             get(apps::list_apps),
         ),
         (
-            spec(M::GET, "/api/v1/functions", Access::Scope(S::FunctionsRead)),
+            spec(
+                M::GET,
+                "/api/v1/functions",
+                Access::Scope(S::FunctionsRead),
+                "Registered functions",
+            ),
             get(apps::list_functions),
         ),
         (
@@ -196,6 +324,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::GET,
                 "/api/v1/functions/{id}",
                 Access::Scope(S::FunctionsRead),
+                "One function",
             ),
             get(apps::show_function),
         ),
@@ -204,15 +333,26 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::POST,
                 "/api/v1/functions/{id}/invoke",
                 Access::Scope(S::RunsWrite),
+                "Start a run now; ?wait=true answers its output",
             ),
             post(apps::invoke),
         ),
         (
-            spec(M::GET, "/api/v1/runs", Access::Scope(S::RunsRead)),
+            spec(
+                M::GET,
+                "/api/v1/runs",
+                Access::Scope(S::RunsRead),
+                "Runs, filtered, newest first",
+            ),
             get(runs::list),
         ),
         (
-            spec(M::GET, "/api/v1/runs/{id}", Access::Scope(S::RunsRead)),
+            spec(
+                M::GET,
+                "/api/v1/runs/{id}",
+                Access::Scope(S::RunsRead),
+                "One run with its step timeline",
+            ),
             get(runs::show),
         ),
         (
@@ -220,6 +360,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::GET,
                 "/api/v1/runs/{id}/events",
                 Access::Scope(S::RunsRead),
+                "A run's events from the log",
             ),
             get(runs::events),
         ),
@@ -228,6 +369,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::GET,
                 "/api/v1/runs/{id}/stream",
                 Access::Scope(S::RunsRead),
+                "A run's events, live (server-sent events)",
             ),
             get(runs::stream),
         ),
@@ -236,6 +378,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::POST,
                 "/api/v1/runs/{id}/cancel",
                 Access::Scope(S::RunsWrite),
+                "Cancel a run",
             ),
             post(runs::cancel),
         ),
@@ -244,6 +387,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::POST,
                 "/api/v1/runs/{id}/replay",
                 Access::Scope(S::RunsWrite),
+                "Run a function again with a run's events",
             ),
             post(runs::replay),
         ),
@@ -252,11 +396,17 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::POST,
                 "/api/v1/webhooks",
                 Access::Scope(S::FunctionsManage),
+                "Create a webhook",
             ),
             post(webhooks::create),
         ),
         (
-            spec(M::GET, "/api/v1/webhooks", Access::Scope(S::FunctionsRead)),
+            spec(
+                M::GET,
+                "/api/v1/webhooks",
+                Access::Scope(S::FunctionsRead),
+                "Webhooks of the caller's tenant",
+            ),
             get(webhooks::list),
         ),
         (
@@ -264,6 +414,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::GET,
                 "/api/v1/webhooks/{id}",
                 Access::Scope(S::FunctionsRead),
+                "One webhook",
             ),
             get(webhooks::show),
         ),
@@ -272,11 +423,17 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 M::DELETE,
                 "/api/v1/webhooks/{id}",
                 Access::Scope(S::FunctionsManage),
+                "Delete a webhook",
             ),
             delete(webhooks::delete),
         ),
         (
-            spec(M::POST, "/hooks/{id}", Webhook),
+            spec(
+                M::POST,
+                "/hooks/{id}",
+                Webhook,
+                "A webhook's public delivery URL",
+            ),
             post(webhooks::deliver),
         ),
     ]
