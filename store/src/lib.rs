@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod secrets;
 pub mod sqlite;
 mod subscription;
+pub mod tail;
 pub mod upcast;
 
 #[cfg(feature = "esdb")]
@@ -81,6 +82,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `postgres`, `sqlite`, `esdb`.
     fn backend(&self) -> &'static str;
+
+    /// The process-wide reader of the log's tail that caught-up subscribers share, for
+    /// backends where reading the log per subscriber is costly. `None`: every
+    /// subscriber reads for itself.
+    fn shared_tail(&self) -> Option<std::sync::Arc<tail::LogTail>> {
+        None
+    }
 }
 
 /// Subscribes to the whole log after `after`: catch-up first, then live.

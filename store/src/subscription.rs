@@ -2,6 +2,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tail::{LogTail, TailRead};
 use crate::{EventStore, HeadWatch, LogFilter, StoreError, StoredEvent};
 
 /// How long a subscriber waits for a wake-up before looking at the log anyway. Covers
@@ -18,6 +19,8 @@ const IN_FLIGHT_RETRY: Duration = Duration::from_millis(1);
 /// the store only returns positions below which nothing can still commit.
 pub struct LogSubscription {
     store: Arc<dyn EventStore>,
+    /// The shared tail, when the store has one: served from memory once caught up.
+    tail: Option<(Arc<LogTail>, tokio::sync::watch::Receiver<u64>)>,
     position: u64,
     filter: LogFilter,
     buffer: VecDeque<StoredEvent>,
@@ -29,8 +32,20 @@ pub struct LogSubscription {
 
 impl LogSubscription {
     pub(crate) fn new(store: Arc<dyn EventStore>, after: u64, filter: LogFilter) -> Self {
+        let tail = store.shared_tail().map(|tail| {
+            let watch = tail.watch();
+            (tail, watch)
+        });
+        let mut subscription = Self::direct(store, after, filter);
+        subscription.tail = tail;
+        subscription
+    }
+
+    /// A subscription that always reads the store itself (what the shared tail uses).
+    pub(crate) fn direct(store: Arc<dyn EventStore>, after: u64, filter: LogFilter) -> Self {
         let watch = store.head_watch();
         Self {
+            tail: None,
             store,
             position: after,
             filter,
@@ -68,6 +83,35 @@ impl LogSubscription {
         }
     }
 
+    /// Events from the shared tail, waiting there once caught up; `None` when this
+    /// subscriber is behind the tail's window (or there is no tail) and must read the
+    /// store.
+    async fn next_from_tail(&mut self, max: usize) -> Option<Vec<StoredEvent>> {
+        let (tail, watch) = self.tail.as_mut()?;
+        loop {
+            watch.borrow_and_update();
+            match tail.read_after(self.position, max.max(1), &self.filter) {
+                TailRead::Behind => return None,
+                TailRead::Events { events, scanned_to } => {
+                    self.position = self.position.max(scanned_to);
+                    if let Some(last) = events.last() {
+                        self.delivered = last.global_position;
+                        return Some(events);
+                    }
+                }
+                TailRead::CaughtUp => {
+                    // The tail wakes us when it reads more. After a quiet while, look at
+                    // the store once ourselves: a tail whose task has stopped (its
+                    // runtime shut down) must not hold this subscriber forever.
+                    match tokio::time::timeout(FALLBACK_POLL, watch.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return None,
+                    }
+                }
+            }
+        }
+    }
+
     /// Up to `max` next events (at least one), waiting if the subscriber has caught up.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
         if !self.buffer.is_empty() {
@@ -76,8 +120,16 @@ impl LogSubscription {
             self.delivered = batch.last().map_or(self.delivered, |e| e.global_position);
             return Ok(batch);
         }
+        if let Some(events) = self.next_from_tail(max).await {
+            return Ok(events);
+        }
         let mut retry = IN_FLIGHT_RETRY;
         loop {
+            if self.tail.is_some()
+                && let Some(events) = self.next_from_tail(max).await
+            {
+                return Ok(events);
+            }
             // Mark the watch before reading so that a commit racing with the read wakes us.
             self.watch.mark_seen();
             let page = self

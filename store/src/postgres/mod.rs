@@ -69,6 +69,7 @@ struct Inner {
     /// Wakes the task that announces local commits to other processes.
     announce: tokio::sync::watch::Sender<u64>,
     appends: tokio::sync::mpsc::Sender<PendingAppend>,
+    tail: std::sync::OnceLock<Arc<crate::tail::LogTail>>,
 }
 
 /// One append waiting for a writer.
@@ -117,6 +118,7 @@ impl PostgresEventStore {
                 upcasters,
                 announce,
                 appends,
+                tail: std::sync::OnceLock::new(),
             }),
         };
         let pending = Arc::new(tokio::sync::Mutex::new(pending));
@@ -678,6 +680,24 @@ impl EventStore for PostgresEventStore {
         .fetch_optional(&self.inner.pool)
         .await?;
         row.as_ref().map(|row| self.decode(row)).transpose()
+    }
+
+    /// Every subscriber of this process reads the tail through one reader: a read of
+    /// the log is a round trip and a `pg_locks` scan, too costly to repeat per subscriber.
+    fn shared_tail(&self) -> Option<Arc<crate::tail::LogTail>> {
+        let weak = Arc::downgrade(&self.inner);
+        Some(
+            self.inner
+                .tail
+                .get_or_init(|| {
+                    crate::tail::LogTail::start(move || {
+                        weak.upgrade().map(|inner| {
+                            Arc::new(PostgresEventStore { inner }) as Arc<dyn EventStore>
+                        })
+                    })
+                })
+                .clone(),
+        )
     }
 
     fn head_watch(&self) -> HeadWatch {
