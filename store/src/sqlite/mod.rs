@@ -97,6 +97,7 @@ struct Inner {
     writer: mpsc::Sender<AppendRequest>,
     notifier: HeadNotifier,
     upcasters: Upcasters,
+    tail: std::sync::OnceLock<Arc<crate::tail::LogTail>>,
 }
 
 struct AppendRequest {
@@ -135,6 +136,7 @@ impl SqliteEventStore {
                 writer: tx,
                 notifier,
                 upcasters,
+                tail: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -273,6 +275,24 @@ impl EventStore for SqliteEventStore {
         .fetch_optional(&self.inner.readers)
         .await?;
         row.as_ref().map(|row| self.decode(row)).transpose()
+    }
+
+    /// One reader for every subscriber of the process: each read is a pooled query that
+    /// decodes its rows, which is worth doing once per commit rather than per subscriber.
+    fn shared_tail(&self) -> Option<Arc<crate::tail::LogTail>> {
+        let weak = Arc::downgrade(&self.inner);
+        Some(
+            self.inner
+                .tail
+                .get_or_init(|| {
+                    crate::tail::LogTail::start(move || {
+                        weak.upgrade().map(|inner| {
+                            Arc::new(SqliteEventStore { inner }) as Arc<dyn EventStore>
+                        })
+                    })
+                })
+                .clone(),
+        )
     }
 
     fn head_watch(&self) -> HeadWatch {
