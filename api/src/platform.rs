@@ -97,6 +97,13 @@ impl Platform {
     /// Opens the platform, starts every projection runner and the execution engine.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let mut platform = Self::open(config).await?;
+        // On PostgreSQL any number of processes may share the log. One at a time runs
+        // each projection and the scheduler (a lease each): the others would only
+        // repeat its reads and lose the race for the checkpoint.
+        let leadership: Arc<dyn Leadership> = match &platform.pg_pool {
+            Some(pool) => Arc::new(PgAdvisoryLease::new(pool.clone())),
+            None => Arc::new(SoleProcess),
+        };
         for projection in platform.projections.clone() {
             let runner = ProjectionRunner::new(
                 platform.read_db.clone(),
@@ -109,16 +116,21 @@ impl Platform {
                 .initialise()
                 .await
                 .with_context(|| format!("initialising projection {}", projection.name()))?;
-            platform
-                .workers
-                .push(tokio::spawn(async move { runner.run().await }));
+            let leadership = leadership.clone();
+            platform.workers.push(tokio::spawn(async move {
+                let name = format!("projection-{}", runner.name());
+                loop {
+                    let mut lease = leadership.acquire(&name).await;
+                    tokio::select! {
+                        () = runner.run() => return,
+                        () = lease.lost() => {
+                            tracing::warn!(projection = runner.name(), "projection lease lost; waiting to take it again");
+                        }
+                    }
+                }
+            }));
         }
-        // On PostgreSQL any number of processes may share the log: one at a time runs
-        // the scheduler (a lease); with NATS every process's executors share the work.
-        let leadership: Arc<dyn Leadership> = match &platform.pg_pool {
-            Some(pool) => Arc::new(PgAdvisoryLease::new(pool.clone())),
-            None => Arc::new(SoleProcess),
-        };
+        // With NATS every process's executors share the work.
         let queue: Arc<dyn WorkQueue> = match &platform.config.nats {
             Some(settings) => {
                 if platform.pg_pool.is_none() {
