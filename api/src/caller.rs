@@ -54,7 +54,10 @@ impl Caller {
     }
 
     pub fn metadata(&self) -> EventMetadata {
-        let meta = EventMetadata::new(self.tenant.clone(), self.actor.clone());
+        let mut meta = EventMetadata::new(self.tenant.clone(), self.actor.clone());
+        if self.environment == KeyKind::Test {
+            meta = meta.in_test_environment();
+        }
         match &self.request_id {
             Some(id) => meta.with_request(id.clone()),
             None => meta,

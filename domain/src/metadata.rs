@@ -96,6 +96,10 @@ pub struct EventMetadata {
     /// (`FLOWFORGE_INSTANCE`): tells an investigator which process made a call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// `test` for what a tenant's test environment (a `test` API key) recorded; absent
+    /// for the live environment. Test events never reach live functions or runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 impl EventMetadata {
@@ -107,7 +111,20 @@ impl EventMetadata {
             causation_id: None,
             request_id: None,
             instance: None,
+            environment: None,
         }
+    }
+
+    /// The name of the test environment in [`EventMetadata::environment`].
+    pub const TEST_ENVIRONMENT: &'static str = "test";
+
+    pub fn in_test_environment(mut self) -> Self {
+        self.environment = Some(Self::TEST_ENVIRONMENT.to_owned());
+        self
+    }
+
+    pub fn is_test_environment(&self) -> bool {
+        self.environment.as_deref() == Some(Self::TEST_ENVIRONMENT)
     }
 
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {

@@ -806,6 +806,13 @@ impl Scheduler {
             );
             return;
         };
+        if stored.metadata.is_test_environment() {
+            // Sent with a `test` key: kept apart from the live environment, so it
+            // starts, resumes and cancels no live run. (Functions registered for the
+            // test environment do not exist yet.)
+            tracing::debug!(event = %received.name, "test-environment event: no live function runs on it");
+            return;
+        }
         let tenant = stored.tenant_id().to_owned();
         let position = stored.global_position;
         let event_json = received.to_sdk_json();

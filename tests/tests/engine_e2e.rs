@@ -625,7 +625,86 @@ async fn metrics_count_the_work_done(backend: TestBackend) {
     );
 }
 
+/// Events sent with a `test` key are recorded but kept apart from the live
+/// environment: they start no live run and resume no live wait.
+async fn test_key_events_reach_no_live_run(backend: TestBackend) {
+    let env = env(&backend).await;
+    let key = |kind: &'static str| {
+        let api = env.api.clone();
+        async move {
+            let (status, key) = api
+                .post(
+                    "/api/v1/api-keys",
+                    &json!({"name": kind, "kind": kind, "scopes": ["events:send", "runs:read"]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{key}");
+            Api::with_bearer(
+                api.base.clone(),
+                Some(key["key"].as_str().unwrap().to_owned()),
+            )
+        }
+    };
+    let (test, live) = (key("test").await, key("live").await);
+
+    let run_id = run_for(&env.api, "e2e/order", json!({"order_id": "o-9"})).await;
+    env.api
+        .run_until(&run_id, RUN_TIMEOUT, |r| {
+            r["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
+        })
+        .await;
+    let shipped = json!({"name": "e2e/shipped", "data": {"order_id": "o-9", "carrier": "test"}});
+    let (status, sent) = test.post("/api/v1/events", &shipped).await;
+    assert_eq!(status, 200, "{sent}");
+    let (status, started) = test
+        .post(
+            "/api/v1/events?wait=true&timeout=5",
+            &json!({"name": "e2e/steps", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["complete"], true, "nothing to wait for: {started}");
+    assert_eq!(started["runs"], json!([]));
+    let trigger_id = started["ids"][0].as_str().unwrap().to_owned();
+
+    // The event is recorded (the events read model shows it once projected)…
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while env.api.get(&format!("/api/v1/events/{trigger_id}")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the test event was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …and the scheduler, which handles events in log order, has handled it once it
+    // has started the run of a live event sent after it: it started nothing for it.
+    let barrier = live
+        .post(
+            "/api/v1/events",
+            &json!({"name": "e2e/steps", "data": {"n": 2}}),
+        )
+        .await;
+    let barrier_id = barrier.1["ids"][0].as_str().unwrap().to_owned();
+    env.api.runs_of_event(&barrier_id, 1, RUN_TIMEOUT).await;
+    let (_, runs) = env
+        .api
+        .get(&format!("/api/v1/runs?event={trigger_id}"))
+        .await;
+    assert_eq!(runs["items"], json!([]), "a test event started a live run");
+    let (_, run) = env.api.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(
+        run["status"], "running",
+        "a test event resumed a live wait: {run}"
+    );
+
+    let live_shipped =
+        json!({"name": "e2e/shipped", "data": {"order_id": "o-9", "carrier": "UPS"}});
+    assert_eq!(live.post("/api/v1/events", &live_shipped).await.0, 200);
+    let run = env.api.finished_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["output"], json!({"carrier": "UPS"}), "{run}");
+}
+
 flowforge_tests::on_both_backends!(
+    test_key_events_reach_no_live_run,
     metrics_count_the_work_done,
     a_run_streams_its_events_live,
     sending_and_waiting_answers_the_runs_outcomes,
