@@ -22,8 +22,10 @@ use tokio::sync::watch;
 use crate::subscription::LogSubscription;
 use crate::{EventStore, LogFilter, StoredEvent};
 
-/// Events kept in memory for subscribers that are slightly behind.
+/// Events kept in memory for subscribers that are slightly behind, bounded by count
+/// and by size (payloads may be megabytes).
 const WINDOW_EVENTS: usize = 20_000;
+const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// How long the tail waits on one read before checking whether its store still exists.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -32,6 +34,12 @@ struct Window {
     start: u64,
     end: u64,
     events: VecDeque<StoredEvent>,
+    /// Approximate memory held by `events`.
+    bytes: usize,
+}
+
+fn approximate_size(event: &StoredEvent) -> usize {
+    event.payload.get().len() + event.stream_id.len() + event.event_type.len() + 256
 }
 
 pub struct LogTail {
@@ -67,6 +75,7 @@ impl LogTail {
                 start: u64::MAX,
                 end: u64::MAX,
                 events: VecDeque::new(),
+                bytes: 0,
             }),
             end,
         });
@@ -118,12 +127,16 @@ impl LogTail {
             for event in batch {
                 if event.global_position > window.end {
                     window.end = event.global_position;
+                    window.bytes += approximate_size(&event);
                     window.events.push_back(event);
                 }
             }
             window.end = window.end.max(scanned_to);
-            while window.events.len() > WINDOW_EVENTS {
+            while window.events.len() > WINDOW_EVENTS
+                || (window.bytes > WINDOW_BYTES && window.events.len() > 1)
+            {
                 if let Some(evicted) = window.events.pop_front() {
+                    window.bytes = window.bytes.saturating_sub(approximate_size(&evicted));
                     window.start = evicted.global_position;
                 }
             }
@@ -190,5 +203,107 @@ where
             }
             Err(_quiet) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use flowforge_domain::{Actor, EventMetadata, TenantId};
+
+    fn event(position: u64, tenant: &str) -> StoredEvent {
+        StoredEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream_id: format!("s-{position}"),
+            stream_type: "test".into(),
+            stream_version: 1,
+            global_position: position,
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            metadata: EventMetadata::new(TenantId::new(tenant), Actor::system("test")),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    fn positions(read: TailRead) -> (Vec<u64>, u64) {
+        match read {
+            TailRead::Events { events, scanned_to } => (
+                events.iter().map(|e| e.global_position).collect(),
+                scanned_to,
+            ),
+            TailRead::CaughtUp => (vec![], u64::MAX),
+            TailRead::Behind => (vec![], 0),
+        }
+    }
+
+    /// A tail at position 10 (no runtime here, so no task follows the store).
+    fn tail_at_ten() -> Arc<LogTail> {
+        let tail = LogTail::start(|| None);
+        {
+            let mut window = tail.window.write().unwrap();
+            window.start = 10;
+            window.end = 10;
+        }
+        tail
+    }
+
+    #[test]
+    fn a_tail_that_does_not_know_the_head_sends_everyone_to_the_store() {
+        let tail = LogTail::start(|| None);
+        assert!(matches!(
+            tail.read_after(0, 10, &LogFilter::all()),
+            TailRead::Behind
+        ));
+        assert!(matches!(
+            tail.read_after(1 << 40, 10, &LogFilter::all()),
+            TailRead::Behind
+        ));
+    }
+
+    #[test]
+    fn serves_what_follows_a_position_inside_the_window_filtered_and_paged() {
+        let tail = tail_at_ten();
+        // Position 13 was an aborted append: a hole, which the subscription skipped.
+        tail.extend(vec![event(11, "a"), event(12, "b"), event(14, "a")], 15);
+        let all = LogFilter::all();
+        assert!(matches!(tail.read_after(9, 10, &all), TailRead::Behind));
+        assert_eq!(
+            positions(tail.read_after(10, 10, &all)),
+            (vec![11, 12, 14], 15)
+        );
+        assert_eq!(positions(tail.read_after(11, 1, &all)), (vec![12], 12));
+        assert_eq!(
+            positions(tail.read_after(10, 10, &LogFilter::all().tenant("a"))),
+            (vec![11, 14], 15)
+        );
+        assert_eq!(
+            positions(tail.read_after(12, 10, &LogFilter::all().tenant("b"))),
+            (vec![], 15),
+            "a subscriber with nothing to read still moves past what it looked at"
+        );
+        assert!(matches!(tail.read_after(15, 10, &all), TailRead::CaughtUp));
+        assert_eq!(*tail.watch().borrow(), 15);
+    }
+
+    #[test]
+    fn the_window_forgets_its_oldest_events_and_sends_their_readers_to_the_store() {
+        let tail = tail_at_ten();
+        let batch: Vec<StoredEvent> = (11..=10 + WINDOW_EVENTS as u64 + 5)
+            .map(|p| event(p, "a"))
+            .collect();
+        let last = batch.last().unwrap().global_position;
+        tail.extend(batch, last);
+        assert!(matches!(
+            tail.read_after(12, 10, &LogFilter::all()),
+            TailRead::Behind
+        ));
+        let (events, _) = positions(tail.read_after(15, 2, &LogFilter::all()));
+        assert_eq!(events, vec![16, 17]);
+        // Already-seen positions are not added twice.
+        tail.extend(vec![event(last, "a")], last);
+        assert_eq!(tail.window.read().unwrap().events.len(), WINDOW_EVENTS);
     }
 }
