@@ -1,4 +1,5 @@
-//! Secrets kept beside the log (see `migrations/*/log/0002_secrets.sql`).
+//! Secrets kept beside the log (see `migrations/*/log/0002_secrets.sql`), and when each
+//! API key was last used (`0003_credential_usage.sql`).
 
 use async_trait::async_trait;
 
@@ -9,7 +10,24 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Stores (or replaces) a secret.
     async fn put_secret(&self, tenant: &str, name: &str, value: &str) -> Result<(), StoreError>;
     async fn secret(&self, tenant: &str, name: &str) -> Result<Option<String>, StoreError>;
+    /// Records that a credential (an API key id) was used at `at_ms`; never moves the
+    /// time backwards.
+    async fn touch_credential(
+        &self,
+        tenant: &str,
+        credential: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// When a credential was last used, in milliseconds since the Unix epoch.
+    async fn credential_last_used(
+        &self,
+        tenant: &str,
+        credential: &str,
+    ) -> Result<Option<i64>, StoreError>;
 }
+
+const LAST_USED: &str =
+    "SELECT last_used_at FROM credential_usage WHERE tenant_id = $1 AND credential = $2";
 
 const PUT: &str = "INSERT INTO secrets (tenant_id, name, value, created_at) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (tenant_id, name) DO UPDATE SET value = excluded.value, created_at = excluded.created_at";
@@ -35,6 +53,37 @@ impl SecretStore for crate::postgres::PostgresEventStore {
             .fetch_optional(self.pool())
             .await?)
     }
+
+    async fn touch_credential(
+        &self,
+        tenant: &str,
+        credential: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO credential_usage (tenant_id, credential, last_used_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, credential) DO UPDATE \
+             SET last_used_at = GREATEST(credential_usage.last_used_at, excluded.last_used_at)",
+        )
+        .bind(tenant)
+        .bind(credential)
+        .bind(at_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn credential_last_used(
+        &self,
+        tenant: &str,
+        credential: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(LAST_USED)
+            .bind(tenant)
+            .bind(credential)
+            .fetch_optional(self.pool())
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -54,6 +103,37 @@ impl SecretStore for crate::sqlite::SqliteEventStore {
         Ok(sqlx::query_scalar(GET)
             .bind(tenant)
             .bind(name)
+            .fetch_optional(self.read_pool())
+            .await?)
+    }
+
+    async fn touch_credential(
+        &self,
+        tenant: &str,
+        credential: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO credential_usage (tenant_id, credential, last_used_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, credential) DO UPDATE \
+             SET last_used_at = max(credential_usage.last_used_at, excluded.last_used_at)",
+        )
+        .bind(tenant)
+        .bind(credential)
+        .bind(at_ms)
+        .execute(self.read_pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn credential_last_used(
+        &self,
+        tenant: &str,
+        credential: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(LAST_USED)
+            .bind(tenant)
+            .bind(credential)
             .fetch_optional(self.read_pool())
             .await?)
     }

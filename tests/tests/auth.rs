@@ -490,19 +490,32 @@ async fn identity_changes_take_effect_at_the_next_request(backend: TestBackend) 
     let admin = as_bearer(&base, &token(&base, "admin@acme.test").await);
 
     let (key_id, key) = create_key(&admin, "live", &[Scope::RunsRead]).await;
+    let (unused_id, _) = create_key(&admin, "ro", &[Scope::RunsRead]).await;
     let app = as_bearer(&base, &key);
     assert_eq!(app.get("/api/v1/runs").await.0, 200);
-    let (status, listed) = admin.get("/api/v1/api-keys").await;
-    assert_eq!(status, 200);
-    let items = listed["items"].as_array().unwrap();
-    let mine = items.iter().find(|k| k["id"] == key_id.as_str());
-    // The listing comes from a read model; the key itself is checked against the log.
-    if let Some(mine) = mine {
-        assert!(
-            mine.get("key").is_none(),
-            "the key is shown once, at creation"
-        );
-    }
+    // The listing comes from a read model (the key itself is checked against the log):
+    // wait for it to show both keys.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let items = loop {
+        let (status, listed) = admin.get("/api/v1/api-keys").await;
+        assert_eq!(status, 200);
+        let items = listed["items"].as_array().unwrap().clone();
+        if items.len() >= 2 {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "keys not listed: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed = |id: &str| items.iter().find(|k| k["id"] == id).unwrap().clone();
+    let (used, unused) = (listed(&key_id), listed(&unused_id));
+    assert!(
+        used.get("key").is_none(),
+        "the key is shown once, at creation"
+    );
+    assert!(used["last_used_at"].is_string(), "{used}");
+    assert!(unused["last_used_at"].is_null(), "{unused}");
+    assert_eq!(used["scopes"], json!(["runs:read"]));
+    assert_eq!(unused["kind"], "ro");
     let (status, revoked) = call(
         &admin,
         &Method::DELETE,

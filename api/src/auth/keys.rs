@@ -42,6 +42,33 @@ pub fn matches(key: &str, stored_hash: &str) -> bool {
             == 0
 }
 
+/// How often one process records a key's use: often enough for "last used", rarely
+/// enough that using a key costs no write per request.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether this process should record a use of `key_id` now.
+pub fn due_for_touch(key_id: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static TOUCHED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut touched = TOUCHED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match touched.get(key_id) {
+        Some(at) if now.duration_since(*at) < TOUCH_EVERY => false,
+        _ => {
+            if touched.len() > 100_000 {
+                touched.retain(|_, at| now.duration_since(*at) < TOUCH_EVERY);
+            }
+            touched.insert(key_id.to_owned(), now);
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +84,14 @@ mod tests {
         let (_, other) = generate(KeyKind::Test);
         assert!(!matches(&other, &stored));
         assert_ne!(generate(KeyKind::Live).1, generate(KeyKind::Live).1);
+    }
+
+    #[test]
+    fn a_key_is_touched_at_most_once_a_minute() {
+        let (id, _) = generate(KeyKind::Live);
+        assert!(due_for_touch(&id));
+        assert!(!due_for_touch(&id));
+        let (other, _) = generate(KeyKind::Live);
+        assert!(due_for_touch(&other));
     }
 }

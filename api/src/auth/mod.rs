@@ -134,6 +134,14 @@ pub async fn api_key_caller(
     if !keys::matches(credential, &stored) {
         return Err(AuthError::Refused("key secret does not match"));
     }
+    if keys::due_for_touch(&key.key_id)
+        && let Err(error) = secrets
+            .touch_credential(&key.tenant, &key.key_id, Utc::now().timestamp_millis())
+            .await
+    {
+        // Bookkeeping only: the request goes on.
+        tracing::debug!(%error, "cannot record an API key's use");
+    }
     Ok(Caller {
         tenant: TenantId::new(key.tenant.clone()),
         actor: Actor::api_key(key.key_id.clone()),

@@ -594,13 +594,21 @@ pub async fn list_keys(
             .load::<ApiKey>(&stream)
             .await
             .map_err(key_error)?;
-        if loaded
+        if let Some(key) = loaded
             .state
             .key
             .as_ref()
-            .is_some_and(|k| k.tenant == caller.tenant())
+            .filter(|k| k.tenant == caller.tenant())
         {
-            items.push(key_json(&loaded.state));
+            let last_used = state
+                .platform
+                .secrets
+                .credential_last_used(&key.tenant, &key.key_id)
+                .await?
+                .and_then(chrono::DateTime::<Utc>::from_timestamp_millis);
+            let mut item = key_json(&loaded.state);
+            item["last_used_at"] = json!(last_used);
+            items.push(item);
         }
     }
     Ok(Json(json!({ "items": items })))
