@@ -487,7 +487,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CreateAdmin(args) => {
             let platform = Platform::open(tool_config(&args.storage)?).await?;
             let state = crate::routes::AppState::new(platform);
-            let created = crate::routes::auth::create_admin(
+            let created = crate::routes::identity::create_admin(
                 &state,
                 &args.tenant,
                 &args.email,

@@ -1,9 +1,9 @@
 //! The HTTP routes, one module per resource.
 
 pub mod apps;
-pub mod auth;
 pub mod events;
 pub mod gql;
+pub mod identity;
 pub mod openapi;
 pub mod runs;
 pub mod system;
@@ -190,7 +190,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Public,
                 "Email and password for an access token",
             ),
-            post(auth::login),
+            post(identity::login),
         ),
         (
             spec(
@@ -199,7 +199,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Authenticated,
                 "End the session of the token sent",
             ),
-            post(auth::logout),
+            post(identity::logout),
         ),
         (
             spec(
@@ -208,7 +208,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Authenticated,
                 "The caller: tenant, identity, role or scopes",
             ),
-            get(auth::me),
+            get(identity::me),
         ),
         (
             spec(
@@ -217,7 +217,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "Users of the caller's tenant",
             ),
-            get(auth::list_users),
+            get(identity::list_users),
         ),
         (
             spec(
@@ -226,7 +226,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "Create a user with a role and a first password",
             ),
-            post(auth::create_user),
+            post(identity::create_user),
         ),
         (
             spec(
@@ -235,7 +235,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "One user",
             ),
-            get(auth::show_user),
+            get(identity::show_user),
         ),
         (
             spec(
@@ -244,7 +244,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "Change a user's role, disabled flag or password",
             ),
-            patch(auth::update_user),
+            patch(identity::update_user),
         ),
         (
             spec(
@@ -253,7 +253,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "API keys of the caller's tenant (never the keys themselves)",
             ),
-            get(auth::list_keys),
+            get(identity::list_keys),
         ),
         (
             spec(
@@ -262,7 +262,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "Create an API key; the answer is the only place the key appears",
             ),
-            post(auth::create_key),
+            post(identity::create_key),
         ),
         (
             spec(
@@ -271,7 +271,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Access::Scope(S::Admin),
                 "Revoke an API key, at once",
             ),
-            delete(auth::revoke_key),
+            delete(identity::revoke_key),
         ),
         // The REST API.
         (
