@@ -552,7 +552,7 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
         ProjectionsCommand::Status { storage, json } => {
             let platform = Platform::open(tool_config(&storage)?).await?;
             let status = flowforge_projections::status(
-                &platform.read_db,
+                platform.operations_db(),
                 &*platform.store,
                 &platform.projections,
             )
@@ -600,9 +600,12 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
                 })?]
             };
             for projection in targets {
-                let report =
-                    flowforge_projections::rebuild(&platform.read_db, &platform.store, &projection)
-                        .await?;
+                let report = flowforge_projections::rebuild(
+                    platform.operations_db(),
+                    &platform.store,
+                    &projection,
+                )
+                .await?;
                 println!(
                     "rebuilt {} as generation {}: {} events up to position {} in {:.2} s ({:.0} events/s)",
                     report.projection,

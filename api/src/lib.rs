@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod platform;
+pub mod reads;
 pub mod routes;
 pub mod telemetry;
 

@@ -19,7 +19,8 @@ pub struct Platform {
     pub config: Config,
     pub store: Arc<dyn EventStore>,
     pub secrets: Arc<dyn flowforge_store::SecretStore>,
-    pub read_db: ReadDb,
+    /// Reached through [`Platform::reads`] (one tenant) or [`Platform::operations_db`].
+    read_db: ReadDb,
     pub projections: Vec<Arc<dyn Projection>>,
     /// The log's PostgreSQL pool, when the log is on PostgreSQL (for the scheduler lease).
     pg_pool: Option<sqlx::PgPool>,
@@ -164,6 +165,17 @@ impl Platform {
     /// The running engine (present on servers, absent on tool invocations).
     pub fn engine(&self) -> Option<&Arc<EngineContext>> {
         self.engine.as_ref().map(|e| &e.context)
+    }
+
+    /// The read models, as one caller's tenant may read them.
+    pub fn reads<'a>(&'a self, caller: &'a crate::caller::Caller) -> crate::reads::TenantReads<'a> {
+        crate::reads::TenantReads::new(&self.read_db, caller)
+    }
+
+    /// The whole read-model database, for operations across tenants: projection status,
+    /// rebuilds, readiness.
+    pub fn operations_db(&self) -> &ReadDb {
+        &self.read_db
     }
 
     pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {

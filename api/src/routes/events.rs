@@ -462,29 +462,6 @@ fn event_json(row: &flowforge_projections::events::EventRow) -> Value {
     })
 }
 
-const EVENT_COLUMNS: &str =
-    "stream_id, tenant_id, id, name, data, ts, received_at, source, position";
-
-/// The first event recorded with this id (a re-sent id is accepted once).
-pub async fn find_event(
-    state: &AppState,
-    tenant: &str,
-    id: &str,
-) -> Result<Option<flowforge_projections::events::EventRow>, ApiError> {
-    use flowforge_projections::document::Document;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 ORDER BY received_at LIMIT 1"
-    )))
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?;
-    row.map(|row| flowforge_projections::events::EventRow::from_row(&row))
-        .transpose()
-        .map_err(ApiError::internal)
-}
-
 /// `GET /api/v1/events`: newest first, cursor-paginated.
 pub async fn list(
     State(state): State<AppState>,
@@ -492,7 +469,7 @@ pub async fn list(
     Query(query): Query<ListEvents>,
 ) -> Result<Json<Page>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let rows = newest_events(&state, caller.tenant(), &query, limit).await?;
+    let rows = newest_events(&state, &caller, &query, limit).await?;
     Ok(Json(Page::new(rows, limit, event_json, |r| {
         super::cursor(r.received_at, &r.stream_id)
     })))
@@ -506,7 +483,7 @@ pub async fn list_inngest(
     Query(query): Query<ListEvents>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let rows = newest_events(&state, caller.tenant(), &query, limit).await?;
+    let rows = newest_events(&state, &caller, &query, limit).await?;
     let more = rows.len() > limit as usize;
     let cursor = rows
         .get(limit as usize - 1)
@@ -537,30 +514,20 @@ pub async fn list_inngest(
 /// Up to `limit + 1` events, newest first, from the query's cursor on.
 async fn newest_events(
     state: &AppState,
-    tenant: &str,
+    caller: &Caller,
     query: &ListEvents,
     limit: u32,
 ) -> Result<Vec<flowforge_projections::events::EventRow>, ApiError> {
-    use flowforge_projections::document::Document;
     let (before_at, before_key) = super::parse_cursor(query.cursor.as_deref())?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 \
-           AND ($2 IS NULL OR name = $2) \
-           AND (received_at < $3 OR (received_at = $3 AND stream_id < $4)) \
-         ORDER BY received_at DESC, stream_id DESC LIMIT $5"
-    )))
-    .bind(tenant)
-    .bind(query.name.as_deref())
-    .bind(before_at)
-    .bind(before_key)
-    .bind(i64::from(limit) + 1)
-    .fetch_all(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?;
-    rows.iter()
-        .map(flowforge_projections::events::EventRow::from_row)
-        .collect::<Result<_, _>>()
-        .map_err(ApiError::internal)
+    state
+        .platform
+        .reads(caller)
+        .newest_events(
+            query.name.as_deref(),
+            (before_at, &before_key),
+            i64::from(limit) + 1,
+        )
+        .await
 }
 
 /// `GET /api/v1/events/{id}`: the event and the runs it triggered.
@@ -569,10 +536,17 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = find_event(&state, caller.tenant(), &id)
+    let reads = state.platform.reads(&caller);
+    let row = reads
+        .event(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no event `{id}`")))?;
-    let runs = super::runs::runs_for_event(&state, caller.tenant(), &id).await?;
+    let runs: Vec<Value> = reads
+        .runs_for_event(&id)
+        .await?
+        .iter()
+        .map(super::runs::row_json)
+        .collect();
     let mut body = event_json(&row);
     if let Some(map) = body.as_object_mut() {
         map.insert("runs".into(), Value::Array(runs));

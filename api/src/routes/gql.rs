@@ -109,6 +109,7 @@ pub struct QueryRoot;
 
 struct Request {
     state: AppState,
+    caller: Caller,
     tenant: String,
 }
 
@@ -266,20 +267,17 @@ impl QueryRoot {
     ) -> async_graphql::Result<Option<Event>> {
         let request = ctx.data::<Request>()?;
         let gql_error = |e: crate::error::ApiError| async_graphql::Error::new(e.body.message);
-        let Some(row) = super::events::find_event(&request.state, &request.tenant, &query.event_id)
-            .await
-            .map_err(gql_error)?
-        else {
+        let reads = request.state.platform.reads(&request.caller);
+        let Some(row) = reads.event(&query.event_id).await.map_err(gql_error)? else {
             return Ok(None);
         };
-        let runs = super::runs::runs_for_event(&request.state, &request.tenant, &query.event_id)
+        let runs = reads
+            .runs_for_event(&query.event_id)
             .await
             .map_err(gql_error)?;
         let mut function_runs = Vec::new();
         for run in runs {
-            if let Some(id) = run["id"].as_str()
-                && let Some((id, state)) = load_run(request, id).await?
-            {
+            if let Some((id, state)) = load_run(request, &run.run_id).await? {
                 function_runs.push(function_run(id, &state));
             }
         }
@@ -300,6 +298,7 @@ pub async fn handle(
     let schema = state.gql.clone();
     let request = request.data(Request {
         tenant: caller.tenant().to_owned(),
+        caller,
         state,
     });
     Json(schema.execute(request).await)

@@ -315,23 +315,6 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Va
 
 // ------------------------------------------------------------------ users
 
-/// Streams of one type in the caller's tenant, from the `streams` catalogue.
-async fn tenant_streams(
-    state: &AppState,
-    caller: &Caller,
-    stream_type: &str,
-) -> Result<Vec<String>, ApiError> {
-    sqlx::query_scalar(
-        "SELECT stream_id FROM streams WHERE tenant_id = $1 AND stream_type = $2 \
-         ORDER BY created_at, stream_id LIMIT 1000",
-    )
-    .bind(caller.tenant())
-    .bind(stream_type)
-    .fetch_all(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)
-}
-
 /// A user of the caller's tenant; another tenant's user is as absent as a missing one.
 async fn tenant_user(
     state: &AppState,
@@ -358,7 +341,12 @@ pub async fn list_users(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
-    for stream in tenant_streams(&state, &caller, user::STREAM_TYPE).await? {
+    for stream in state
+        .platform
+        .reads(&caller)
+        .stream_ids(user::STREAM_TYPE)
+        .await?
+    {
         let loaded = state
             .commands
             .load::<User>(&stream)
@@ -588,7 +576,12 @@ pub async fn list_keys(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
-    for stream in tenant_streams(&state, &caller, api_key::STREAM_TYPE).await? {
+    for stream in state
+        .platform
+        .reads(&caller)
+        .stream_ids(api_key::STREAM_TYPE)
+        .await?
+    {
         let loaded = state
             .commands
             .load::<ApiKey>(&stream)

@@ -15,7 +15,6 @@ use flowforge_domain::Decider;
 use flowforge_domain::run::{
     CallTarget, CreateRun, Run, RunCommand, RunError, RunEvent, StepKind, StepOutput,
 };
-use flowforge_projections::document::Document;
 use flowforge_projections::runs::RunRow;
 use flowforge_store::StoredEvent;
 use serde::Deserialize;
@@ -36,7 +35,7 @@ fn millis_to_rfc3339(ms: Option<i64>) -> Option<String> {
         .map(|t| t.to_rfc3339())
 }
 
-fn row_json(row: &RunRow) -> Value {
+pub fn row_json(row: &RunRow) -> Value {
     json!({
         "id": row.run_id,
         "function_id": row.function_id,
@@ -114,68 +113,21 @@ pub async fn list(
             format!("unknown status `{bad}`; use {}", STATUSES.join(", ")),
         ));
     }
-    let status_json = statuses.map(|s| serde_json::to_string(&s).unwrap_or_default());
-    // Portable "status IN (list)": the list travels as one JSON text parameter and each
-    // row's status is looked up in it.
-    let status_clause = match state.platform.read_db.dialect() {
-        flowforge_projections::Dialect::Postgres => {
-            "($3::text IS NULL OR status IN (SELECT json_array_elements_text($3::json)))"
-        }
-        flowforge_projections::Dialect::Sqlite => {
-            "($3 IS NULL OR status IN (SELECT value FROM json_each($3)))"
-        }
+    let filter = crate::reads::RunFilter {
+        function: query.function.as_deref(),
+        statuses,
+        event: query.event.as_deref(),
+        from,
+        to,
     };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM runs WHERE tenant_id = $1 \
-           AND ($2 IS NULL OR function_id = $2) \
-           AND {status_clause} \
-           AND ($4 IS NULL OR event_id = $4) \
-           AND ($5 IS NULL OR created_at >= $5) \
-           AND ($6 IS NULL OR created_at < $6) \
-           AND (created_at < $7 OR (created_at = $7 AND run_id < $8)) \
-         ORDER BY created_at DESC, run_id DESC LIMIT $9",
-        RunRow::COLUMNS.join(", ")
-    )))
-    .bind(caller.tenant())
-    .bind(query.function.as_deref())
-    .bind(status_json)
-    .bind(query.event.as_deref())
-    .bind(from)
-    .bind(to)
-    .bind(before_at)
-    .bind(before_key)
-    .bind(i64::from(limit) + 1)
-    .fetch_all(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?;
-    let rows: Vec<RunRow> = rows
-        .iter()
-        .map(RunRow::from_row)
-        .collect::<Result<_, _>>()
-        .map_err(ApiError::internal)?;
+    let rows = state
+        .platform
+        .reads(&caller)
+        .runs(&filter, (before_at, &before_key), i64::from(limit) + 1)
+        .await?;
     Ok(Json(Page::new(rows, limit, row_json, |r| {
         super::cursor(r.created_at, &r.run_id)
     })))
-}
-
-pub async fn runs_for_event(
-    state: &AppState,
-    tenant: &str,
-    event_id: &str,
-) -> Result<Vec<Value>, ApiError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM runs WHERE tenant_id = $1 AND event_id = $2 ORDER BY created_at, run_id",
-        RunRow::COLUMNS.join(", ")
-    )))
-    .bind(tenant)
-    .bind(event_id)
-    .fetch_all(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?;
-    rows.iter()
-        .map(|r| RunRow::from_row(r).map(|r| row_json(&r)))
-        .collect::<Result<_, _>>()
-        .map_err(ApiError::internal)
 }
 
 /// A run's stream, only if it belongs to the caller's tenant (404 otherwise, exactly as

@@ -29,7 +29,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     let projections = tokio::time::timeout(
         timeout,
-        flowforge_projections::status(&platform.read_db, &*platform.store, &platform.projections),
+        flowforge_projections::status(
+            platform.operations_db(),
+            &*platform.store,
+            &platform.projections,
+        ),
     )
     .await;
     let (read_ok, projections, read_error) = match projections {
@@ -101,7 +105,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     if let Ok(Ok(projections)) = tokio::time::timeout(
         timeout,
-        flowforge_projections::status(&platform.read_db, &*platform.store, &platform.projections),
+        flowforge_projections::status(
+            platform.operations_db(),
+            &*platform.store,
+            &platform.projections,
+        ),
     )
     .await
     {

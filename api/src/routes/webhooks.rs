@@ -164,13 +164,11 @@ pub async fn create(
 
 /// `GET /api/v1/webhooks`
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT stream_id FROM streams WHERE tenant_id = $1 AND stream_type = 'webhook' ORDER BY stream_id",
-    )
-    .bind(caller.tenant())
-    .fetch_all(state.platform.read_db.pool())
-    .await
-    .map_err(ApiError::internal)?;
+    let ids = state
+        .platform
+        .reads(&caller)
+        .stream_ids(flowforge_domain::webhook::STREAM_TYPE)
+        .await?;
     let mut items = Vec::new();
     for stream in ids {
         let Ok(id) = stream.trim_start_matches("webhook-").parse::<Uuid>() else {

@@ -1,0 +1,163 @@
+//! Reads of the read models, always within one tenant.
+//!
+//! Handlers do not hold the read-model pool: they get a [`TenantReads`] for their
+//! [`Caller`] (`Platform::reads`), and every query here binds the caller's tenant
+//! itself, so no handler can forget the `tenant_id` condition. Operations that span
+//! tenants (projection status, rebuilds, readiness) use `Platform::operations_db`.
+
+use flowforge_projections::document::Document;
+use flowforge_projections::events::EventRow;
+use flowforge_projections::runs::RunRow;
+use flowforge_projections::{Dialect, ReadDb};
+
+use crate::caller::Caller;
+use crate::error::ApiError;
+
+pub struct TenantReads<'a> {
+    db: &'a ReadDb,
+    tenant: &'a str,
+}
+
+/// Which runs to list (`GET /api/v1/runs`); `None` means any.
+#[derive(Debug, Default)]
+pub struct RunFilter<'a> {
+    pub function: Option<&'a str>,
+    pub statuses: Option<Vec<String>>,
+    pub event: Option<&'a str>,
+    /// Milliseconds since the Unix epoch, inclusive / exclusive.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+const EVENT_COLUMNS: &str =
+    "stream_id, tenant_id, id, name, data, ts, received_at, source, position";
+
+fn rows<D: Document>(rows: &[sqlx::any::AnyRow]) -> Result<Vec<D>, ApiError> {
+    rows.iter()
+        .map(D::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)
+}
+
+impl<'a> TenantReads<'a> {
+    pub(crate) fn new(db: &'a ReadDb, caller: &'a Caller) -> Self {
+        Self {
+            db,
+            tenant: caller.tenant(),
+        }
+    }
+
+    /// Ids of the tenant's streams of one type, oldest first (at most 1000), from the
+    /// `streams` catalogue.
+    pub async fn stream_ids(&self, stream_type: &str) -> Result<Vec<String>, ApiError> {
+        sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE tenant_id = $1 AND stream_type = $2 \
+             ORDER BY created_at, stream_id LIMIT 1000",
+        )
+        .bind(self.tenant)
+        .bind(stream_type)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)
+    }
+
+    /// Up to `limit` runs, newest first, before the cursor `(created_at, run_id)`.
+    pub async fn runs(
+        &self,
+        filter: &RunFilter<'_>,
+        (before_at, before_key): (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<RunRow>, ApiError> {
+        let statuses = filter
+            .statuses
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
+        // Portable "status IN (list)": the list travels as one JSON text parameter and
+        // each row's status is looked up in it.
+        let status_clause = match self.db.dialect() {
+            Dialect::Postgres => {
+                "($3::text IS NULL OR status IN (SELECT json_array_elements_text($3::json)))"
+            }
+            Dialect::Sqlite => "($3 IS NULL OR status IN (SELECT value FROM json_each($3)))",
+        };
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM runs WHERE tenant_id = $1 \
+               AND ($2 IS NULL OR function_id = $2) \
+               AND {status_clause} \
+               AND ($4 IS NULL OR event_id = $4) \
+               AND ($5 IS NULL OR created_at >= $5) \
+               AND ($6 IS NULL OR created_at < $6) \
+               AND (created_at < $7 OR (created_at = $7 AND run_id < $8)) \
+             ORDER BY created_at DESC, run_id DESC LIMIT $9",
+            RunRow::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(filter.function)
+        .bind(statuses)
+        .bind(filter.event)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(before_at)
+        .bind(before_key)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
+    /// The runs an event started, oldest first.
+    pub async fn runs_for_event(&self, event_id: &str) -> Result<Vec<RunRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM runs WHERE tenant_id = $1 AND event_id = $2 ORDER BY created_at, run_id",
+            RunRow::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(event_id)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
+    /// The first event recorded with this id (a re-sent id is accepted once).
+    pub async fn event(&self, id: &str) -> Result<Option<EventRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 \
+             ORDER BY received_at LIMIT 1"
+        )))
+        .bind(self.tenant)
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        found
+            .map(|row| EventRow::from_row(&row))
+            .transpose()
+            .map_err(ApiError::internal)
+    }
+
+    /// Up to `limit` events, newest first, before the cursor `(received_at, stream_id)`.
+    pub async fn newest_events(
+        &self,
+        name: Option<&str>,
+        (before_at, before_key): (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<EventRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 \
+               AND ($2 IS NULL OR name = $2) \
+               AND (received_at < $3 OR (received_at = $3 AND stream_id < $4)) \
+             ORDER BY received_at DESC, stream_id DESC LIMIT $5"
+        )))
+        .bind(self.tenant)
+        .bind(name)
+        .bind(before_at)
+        .bind(before_key)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+}
