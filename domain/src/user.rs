@@ -17,6 +17,9 @@ use crate::decider::{Decider, DomainEvent};
 
 pub const STREAM_TYPE: &str = "user";
 
+/// How many failure times a user's state remembers (enough for any sensible limit).
+pub const RECENT_FAILURES_KEPT: usize = 20;
+
 /// The namespace of user ids derived from emails (a fixed, random UUID).
 const EMAIL_NAMESPACE: Uuid = Uuid::from_u128(0x5a0c_1f3e_8b7d_4e21_9c64_2d1f_0b3a_77e5);
 
@@ -126,11 +129,22 @@ pub struct UserState {
     pub sessions: BTreeMap<Uuid, DateTime<Utc>>,
     /// Failed logins since the last successful one.
     pub failed_logins: u32,
+    /// When the most recent of those failures happened (the last
+    /// [`RECENT_FAILURES_KEPT`]), for limits that hold across processes and restarts.
+    pub recent_failures: std::collections::VecDeque<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
     pub password_changed_at: Option<DateTime<Utc>>,
 }
 
 impl UserState {
+    /// Failed logins at or after `since` (since the last successful login).
+    pub fn failures_since(&self, since: DateTime<Utc>) -> usize {
+        self.recent_failures
+            .iter()
+            .filter(|at| **at >= since)
+            .count()
+    }
+
     /// Whether a token of `session_id` may act now: the user exists, is enabled, and
     /// the session was started and not ended.
     pub fn session_active(&self, session_id: Uuid, now: DateTime<Utc>) -> bool {
@@ -246,9 +260,16 @@ impl Decider for User {
                 state.sessions.retain(|_, exp| *exp > login.at);
                 state.sessions.insert(login.session_id, login.expires_at);
                 state.failed_logins = 0;
+                state.recent_failures.clear();
                 state.last_login_at = Some(login.at);
             }
-            UserEvent::LoginFailed(_) => state.failed_logins += 1,
+            UserEvent::LoginFailed(failed) => {
+                state.failed_logins += 1;
+                state.recent_failures.push_back(failed.at);
+                if state.recent_failures.len() > RECENT_FAILURES_KEPT {
+                    state.recent_failures.pop_front();
+                }
+            }
             UserEvent::LoggedOut { session_id, .. } => {
                 state.sessions.remove(session_id);
             }
@@ -521,6 +542,8 @@ mod tests {
             .when(UserCommand::RecordFailedLogin(failed.clone()))
             .then([UserEvent::LoginFailed(failed)]);
         assert_eq!(state.failed_logins, 1);
+        assert_eq!(state.failures_since(at(1)), 1);
+        assert_eq!(state.failures_since(at(2)), 0);
         let state = DeciderSpec::<User>::given([UserEvent::Created(created(Role::Member))])
             .when(UserCommand::RecordPasswordChange { at: at(2) })
             .then([UserEvent::PasswordChanged { at: at(2) }]);

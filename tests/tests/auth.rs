@@ -699,6 +699,16 @@ async fn failed_logins_are_limited_and_alike(backend: TestBackend) {
     assert_eq!(body["error"]["code"], "too_many_attempts");
     server.stop().await;
 
+    // The account's limit is kept in its stream, not in the process: a restarted
+    // server (another process behind a load balancer alike) still refuses it.
+    let server = start(&backend).await;
+    let (status, body) = login(&server.url, "admin@acme.test", PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    // Another account from the same client is not locked by it.
+    let (status, _) = login(&server.url, "ghost@acme.test", "still wrong").await;
+    assert_eq!(status, 401);
+    server.stop().await;
+
     // Every failure for the existing account is in the log, without the password tried.
     let store = backend.store().await;
     let everything = store.read_all(0, 100_000, &LogFilter::all()).await.unwrap();

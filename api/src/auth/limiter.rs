@@ -2,10 +2,17 @@
 //!
 //! Counts live in this process's memory: behind a load balancer each process limits
 //! on its own, which bounds an attacker to `processes × limit` guesses per window.
+//! For existing accounts the login also counts the `auth.login_failed` events in the
+//! user's stream, which holds across processes and restarts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The window failures are counted in, and the failures allowed in it.
+pub const WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const PER_ACCOUNT: usize = 5;
+pub const PER_CLIENT: u32 = 30;
 
 pub struct LoginLimiter {
     window: Duration,

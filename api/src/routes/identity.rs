@@ -40,6 +40,14 @@ fn login_refused() -> ApiError {
     )
 }
 
+fn too_many_attempts() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "too many failed logins; try again later",
+    )
+}
+
 fn body_of<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
@@ -141,11 +149,7 @@ pub async fn login(
     let client = client.ip().to_string();
     let limiter = &state.login_limiter;
     if !limiter.allows(&email, &client) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many failed logins; try again later",
-        ));
+        return Err(too_many_attempts());
     }
     let user_id = user::user_id_for_email(&email);
     let stream = user::stream_id(user_id);
@@ -154,6 +158,13 @@ pub async fn login(
         .load::<User>(&stream)
         .await
         .map_err(user_error)?;
+    // The account's own limit comes from its stream: it holds across processes and
+    // restarts (the in-memory limiter above covers client addresses and unknown emails).
+    let window = chrono::Duration::from_std(crate::auth::limiter::WINDOW)
+        .unwrap_or(chrono::Duration::minutes(15));
+    if loaded.state.failures_since(Utc::now() - window) >= crate::auth::limiter::PER_ACCOUNT {
+        return Err(too_many_attempts());
+    }
     let tenant = loaded.state.profile.as_ref().map(|p| p.tenant.clone());
     let stored = match &tenant {
         Some(tenant) => {

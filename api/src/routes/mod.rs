@@ -43,9 +43,9 @@ impl AppState {
             platform: Arc::new(platform),
             gql: gql::schema(),
             login_limiter: Arc::new(crate::auth::limiter::LoginLimiter::new(
-                std::time::Duration::from_secs(15 * 60),
-                5,
-                30,
+                crate::auth::limiter::WINDOW,
+                crate::auth::limiter::PER_ACCOUNT as u32,
+                crate::auth::limiter::PER_CLIENT,
             )),
         }
     }
