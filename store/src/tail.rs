@@ -153,6 +153,27 @@ impl LogTail {
     }
 }
 
+/// The tail of a store whose handles share `inner`: started on first use, following the
+/// store while any handle to it exists (the tail itself holds none).
+pub fn shared<I, S>(
+    cell: &std::sync::OnceLock<Arc<LogTail>>,
+    inner: &Arc<I>,
+    handle: fn(Arc<I>) -> S,
+) -> Arc<LogTail>
+where
+    I: Send + Sync + 'static,
+    S: EventStore,
+{
+    let weak = Arc::downgrade(inner);
+    cell.get_or_init(|| {
+        LogTail::start(move || {
+            weak.upgrade()
+                .map(|inner| Arc::new(handle(inner)) as Arc<dyn EventStore>)
+        })
+    })
+    .clone()
+}
+
 async fn follow<F>(tail: Weak<LogTail>, open: F)
 where
     F: Fn() -> Option<Arc<dyn EventStore>>,

@@ -33,13 +33,7 @@ pub fn hash(key: &str) -> String {
 
 /// Compares a presented key with a stored hash without leaking where they differ.
 pub fn matches(key: &str, stored_hash: &str) -> bool {
-    let presented = hash(key);
-    presented.len() == stored_hash.len()
-        && presented
-            .bytes()
-            .zip(stored_hash.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    crate::config::constant_time_eq(hash(key).as_bytes(), stored_hash.as_bytes())
 }
 
 /// How often one process records a key's use: often enough for "last used", rarely

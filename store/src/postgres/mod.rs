@@ -685,19 +685,11 @@ impl EventStore for PostgresEventStore {
     /// Every subscriber of this process reads the tail through one reader: a read of
     /// the log is a round trip and a `pg_locks` scan, too costly to repeat per subscriber.
     fn shared_tail(&self) -> Option<Arc<crate::tail::LogTail>> {
-        let weak = Arc::downgrade(&self.inner);
-        Some(
-            self.inner
-                .tail
-                .get_or_init(|| {
-                    crate::tail::LogTail::start(move || {
-                        weak.upgrade().map(|inner| {
-                            Arc::new(PostgresEventStore { inner }) as Arc<dyn EventStore>
-                        })
-                    })
-                })
-                .clone(),
-        )
+        Some(crate::tail::shared(
+            &self.inner.tail,
+            &self.inner,
+            |inner| PostgresEventStore { inner },
+        ))
     }
 
     fn head_watch(&self) -> HeadWatch {

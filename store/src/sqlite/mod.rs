@@ -280,19 +280,11 @@ impl EventStore for SqliteEventStore {
     /// One reader for every subscriber of the process: each read is a pooled query that
     /// decodes its rows, which is worth doing once per commit rather than per subscriber.
     fn shared_tail(&self) -> Option<Arc<crate::tail::LogTail>> {
-        let weak = Arc::downgrade(&self.inner);
-        Some(
-            self.inner
-                .tail
-                .get_or_init(|| {
-                    crate::tail::LogTail::start(move || {
-                        weak.upgrade().map(|inner| {
-                            Arc::new(SqliteEventStore { inner }) as Arc<dyn EventStore>
-                        })
-                    })
-                })
-                .clone(),
-        )
+        Some(crate::tail::shared(
+            &self.inner.tail,
+            &self.inner,
+            |inner| SqliteEventStore { inner },
+        ))
     }
 
     fn head_watch(&self) -> HeadWatch {
