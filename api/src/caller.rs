@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use flowforge_domain::access::{Role, Scope};
-use flowforge_domain::api_key::KeyKind;
-use flowforge_domain::{Actor, EventMetadata, TenantId};
+use flowforge_domain::{Actor, Environment, EventMetadata, TenantId};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -26,8 +25,9 @@ pub struct Caller {
     pub actor: Actor,
     pub request_id: Option<String>,
     pub grants: Grants,
-    /// `test` keys act in the tenant's test environment; everyone else in live.
-    pub environment: KeyKind,
+    /// `test` keys (and apps with a test signing key) act in the tenant's test
+    /// environment; everyone else in live.
+    pub environment: Environment,
     /// The session a user's token belongs to (logout ends it).
     pub session: Option<Uuid>,
 }
@@ -41,7 +41,29 @@ impl Caller {
             actor: Actor::user("dev"),
             request_id: None,
             grants: Grants::Role(Role::Admin),
-            environment: KeyKind::Live,
+            environment: Environment::Live,
+            session: None,
+        }
+    }
+
+    /// An app that authenticated with a signing key: it may do what the Inngest
+    /// protocol lets an app do, in its key's environment.
+    pub fn app(credential: flowforge_engine::signing::AppCredential) -> Self {
+        Caller {
+            tenant: TenantId::new(credential.space.tenant),
+            actor: Actor::signing_key(credential.key_id.unwrap_or_else(|| "configured".into())),
+            request_id: None,
+            grants: Grants::Scopes(
+                [
+                    Scope::FunctionsManage,
+                    Scope::FunctionsRead,
+                    Scope::RunsRead,
+                    Scope::EventsRead,
+                    Scope::EventsSend,
+                ]
+                .into(),
+            ),
+            environment: credential.space.environment,
             session: None,
         }
     }
@@ -54,10 +76,8 @@ impl Caller {
     }
 
     pub fn metadata(&self) -> EventMetadata {
-        let mut meta = EventMetadata::new(self.tenant.clone(), self.actor.clone());
-        if self.environment == KeyKind::Test {
-            meta = meta.in_test_environment();
-        }
+        let meta = EventMetadata::new(self.tenant.clone(), self.actor.clone())
+            .in_environment(self.environment);
         match &self.request_id {
             Some(id) => meta.with_request(id.clone()),
             None => meta,
@@ -67,6 +87,41 @@ impl Caller {
     pub fn tenant(&self) -> &str {
         self.tenant.as_str()
     }
+
+    /// Whether the caller may see what lives in `environment`: users see both of
+    /// their tenant's environments, keys and apps only their own.
+    pub fn sees(&self, environment: Environment) -> bool {
+        matches!(self.grants, Grants::Role(_)) || environment == self.environment
+    }
+
+    /// The tenant environment this request acts in.
+    pub fn space(&self) -> flowforge_engine::Space {
+        flowforge_engine::Space::new(self.tenant.as_str(), self.environment)
+    }
+
+    /// Acts in another environment of the tenant, where the caller may: users choose
+    /// (`?environment=test`), keys and apps act in their own only.
+    pub fn acting_in(mut self, environment: Environment) -> Result<Self, ApiError> {
+        match self.grants {
+            Grants::Role(_) => {
+                self.environment = environment;
+                Ok(self)
+            }
+            Grants::Scopes(_) if environment == self.environment => Ok(self),
+            Grants::Scopes(_) => Err(ApiError::invalid_field(
+                "environment",
+                format!(
+                    "this credential acts in the {} environment only",
+                    self.environment
+                ),
+            )),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EnvironmentParam {
+    environment: Option<String>,
 }
 
 pub fn request_id(parts: &axum::http::HeaderMap) -> Option<String> {
@@ -82,11 +137,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         // Put there by the authentication layer, which every route passes through.
-        parts
+        let caller = parts
             .extensions
             .get::<Caller>()
             .cloned()
-            .ok_or_else(ApiError::unauthenticated)
+            .ok_or_else(ApiError::unauthenticated)?;
+        let requested = axum::extract::Query::<EnvironmentParam>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|q| q.0.environment);
+        match requested {
+            None => Ok(caller),
+            Some(name) => {
+                let environment = Environment::parse(&name).ok_or_else(|| {
+                    ApiError::invalid_field("environment", "must be `live` or `test`")
+                })?;
+                caller.acting_in(environment)
+            }
+        }
     }
 }
 

@@ -152,7 +152,6 @@ impl EngineArgs {
                 initial_ms: self.retry_backoff_ms.max(1),
                 max_ms: self.retry_backoff_max_ms.max(self.retry_backoff_ms.max(1)),
             },
-            signing_key: self.signing_key.clone().filter(|k| !k.is_empty()),
             server_kind,
             max_call_bytes: self.max_call_bytes,
             job_lease: None,

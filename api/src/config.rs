@@ -106,8 +106,9 @@ pub struct Config {
 pub struct InngestKeys {
     /// Event keys accepted on `POST /e/{key}`, each with the tenant its events go to.
     pub event_keys: Vec<(String, String)>,
-    /// Signing keys whose hashed form authenticates `POST /fn/register` and `/v0/…`:
-    /// the current one and, during a rotation, the previous one.
+    /// The operator's signing keys (`FLOWFORGE_SIGNING_KEY`, then its fallback): the
+    /// default tenant's live keys, and the key that signs calls into any environment
+    /// without keys of its own (see `engine::signing`).
     pub signing_keys: Vec<String>,
 }
 
@@ -135,34 +136,9 @@ impl InngestKeys {
             .find(|(k, _)| constant_time_eq(k.as_bytes(), key.as_bytes()))
             .map(|(_, tenant)| Some(tenant.as_str()))
     }
-
-    /// Whether an `Authorization` header carries one of the signing keys (hashed, as
-    /// Inngest SDKs send it, with or without the `signkey-<env>-` prefix).
-    pub fn authorizes(&self, authorization: Option<&str>) -> bool {
-        if self.signing_keys.is_empty() {
-            return true;
-        }
-        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        let token = token.trim();
-        let bare = token
-            .strip_prefix("signkey-")
-            .and_then(|rest| rest.split_once('-').map(|(_, hash)| hash))
-            .unwrap_or(token);
-        self.signing_keys.iter().any(|key| {
-            constant_time_eq(
-                flowforge_engine::protocol::hashed_signing_key(key).as_bytes(),
-                bare.as_bytes(),
-            )
-        })
-    }
 }
 
-/// Compares secrets (or their hashes) without revealing where they first differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use flowforge_engine::protocol::constant_time_eq;
 
 impl Config {
     /// The embedded default on a data directory, for tests and tools.
@@ -228,7 +204,6 @@ mod tests {
     fn inngest_keys_are_checked_only_when_configured() {
         let open = InngestKeys::default();
         assert_eq!(open.tenant_of_event_key("anything"), Some(None));
-        assert!(open.authorizes(None));
         let keys = InngestKeys {
             event_keys: InngestKeys::parse_event_keys("ek-one, ek-two=acme"),
             signing_keys: vec!["signkey-prod-abab".into(), "signkey-prod-cdcd".into()],
@@ -236,11 +211,6 @@ mod tests {
         assert_eq!(keys.tenant_of_event_key("ek-one"), Some(Some("default")));
         assert_eq!(keys.tenant_of_event_key("ek-two"), Some(Some("acme")));
         assert_eq!(keys.tenant_of_event_key("ek-three"), None);
-        let hashed = flowforge_engine::protocol::hashed_signing_key("signkey-prod-cdcd");
-        assert!(keys.authorizes(Some(&format!("Bearer {hashed}"))));
-        assert!(keys.authorizes(Some(&format!("Bearer signkey-prod-{hashed}"))));
-        assert!(!keys.authorizes(Some("Bearer 00")));
-        assert!(!keys.authorizes(None));
     }
 
     #[test]

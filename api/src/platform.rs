@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use flowforge_engine::lease::{Leadership, PgAdvisoryLease, SoleProcess};
 use flowforge_engine::queue::jetstream::JetStreamQueue;
+use flowforge_engine::signing::SigningKeys;
 use flowforge_engine::{Engine, EngineContext, InProcessQueue, WorkQueue};
 use flowforge_projections::{Projection, ProjectionRunner, ReadDb, all_projections};
 use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
@@ -19,6 +20,9 @@ pub struct Platform {
     pub config: Config,
     pub store: Arc<dyn EventStore>,
     pub secrets: Arc<dyn flowforge_store::SecretStore>,
+    /// The keys calls to apps are signed with and apps' signing-key bearers are checked
+    /// against.
+    pub signing_keys: Arc<SigningKeys>,
     /// Reached through [`Platform::reads`] (one tenant) or [`Platform::operations_db`].
     read_db: ReadDb,
     pub projections: Vec<Arc<dyn Projection>>,
@@ -82,10 +86,16 @@ impl Platform {
                 (store.clone(), store, read_db)
             }
         };
+        let signing_keys = Arc::new(SigningKeys::new(
+            flowforge_commands::CommandHandler::new(store.clone()),
+            secrets.clone(),
+            config.inngest_keys.signing_keys.clone(),
+        ));
         Ok(Self {
             config,
             store,
             secrets,
+            signing_keys,
             read_db,
             projections: all_projections(),
             pg_pool,
@@ -154,6 +164,7 @@ impl Platform {
             platform.read_db.clone(),
             queue,
             platform.config.engine.clone(),
+            platform.signing_keys.clone(),
             leadership,
         )
         .await

@@ -16,6 +16,8 @@ use crate::error::ApiError;
 pub struct TenantReads<'a> {
     db: &'a ReadDb,
     tenant: &'a str,
+    /// Runs and events are read in the caller's environment only.
+    environment: &'static str,
 }
 
 /// Which runs to list (`GET /api/v1/runs`); `None` means any.
@@ -30,7 +32,7 @@ pub struct RunFilter<'a> {
 }
 
 const EVENT_COLUMNS: &str =
-    "stream_id, tenant_id, id, name, data, ts, received_at, source, position";
+    "stream_id, tenant_id, environment, id, name, data, ts, received_at, source, position";
 
 fn rows<D: Document>(rows: &[sqlx::any::AnyRow]) -> Result<Vec<D>, ApiError> {
     rows.iter()
@@ -44,6 +46,7 @@ impl<'a> TenantReads<'a> {
         Self {
             db,
             tenant: caller.tenant(),
+            environment: caller.environment.as_str(),
         }
     }
 
@@ -76,22 +79,23 @@ impl<'a> TenantReads<'a> {
         // each row's status is looked up in it.
         let status_clause = match self.db.dialect() {
             Dialect::Postgres => {
-                "($3::text IS NULL OR status IN (SELECT json_array_elements_text($3::json)))"
+                "($4::text IS NULL OR status IN (SELECT json_array_elements_text($4::json)))"
             }
-            Dialect::Sqlite => "($3 IS NULL OR status IN (SELECT value FROM json_each($3)))",
+            Dialect::Sqlite => "($4 IS NULL OR status IN (SELECT value FROM json_each($4)))",
         };
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM runs WHERE tenant_id = $1 \
-               AND ($2 IS NULL OR function_id = $2) \
+            "SELECT {} FROM runs WHERE tenant_id = $1 AND environment = $2 \
+               AND ($3 IS NULL OR function_id = $3) \
                AND {status_clause} \
-               AND ($4 IS NULL OR event_id = $4) \
-               AND ($5 IS NULL OR created_at >= $5) \
-               AND ($6 IS NULL OR created_at < $6) \
-               AND (created_at < $7 OR (created_at = $7 AND run_id < $8)) \
-             ORDER BY created_at DESC, run_id DESC LIMIT $9",
+               AND ($5 IS NULL OR event_id = $5) \
+               AND ($6 IS NULL OR created_at >= $6) \
+               AND ($7 IS NULL OR created_at < $7) \
+               AND (created_at < $8 OR (created_at = $8 AND run_id < $9)) \
+             ORDER BY created_at DESC, run_id DESC LIMIT $10",
             RunRow::COLUMNS.join(", ")
         )))
         .bind(self.tenant)
+        .bind(self.environment)
         .bind(filter.function)
         .bind(statuses)
         .bind(filter.event)
@@ -109,10 +113,11 @@ impl<'a> TenantReads<'a> {
     /// The runs an event started, oldest first.
     pub async fn runs_for_event(&self, event_id: &str) -> Result<Vec<RunRow>, ApiError> {
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM runs WHERE tenant_id = $1 AND event_id = $2 ORDER BY created_at, run_id",
+            "SELECT {} FROM runs WHERE tenant_id = $1 AND environment = $2 AND event_id = $3 ORDER BY created_at, run_id",
             RunRow::COLUMNS.join(", ")
         )))
         .bind(self.tenant)
+        .bind(self.environment)
         .bind(event_id)
         .fetch_all(self.db.pool())
         .await
@@ -123,10 +128,11 @@ impl<'a> TenantReads<'a> {
     /// The first event recorded with this id (a re-sent id is accepted once).
     pub async fn event(&self, id: &str) -> Result<Option<EventRow>, ApiError> {
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2 \
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND environment = $2 AND id = $3 \
              ORDER BY received_at LIMIT 1"
         )))
         .bind(self.tenant)
+        .bind(self.environment)
         .bind(id)
         .fetch_optional(self.db.pool())
         .await
@@ -145,12 +151,13 @@ impl<'a> TenantReads<'a> {
         limit: i64,
     ) -> Result<Vec<EventRow>, ApiError> {
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 \
-               AND ($2 IS NULL OR name = $2) \
-               AND (received_at < $3 OR (received_at = $3 AND stream_id < $4)) \
-             ORDER BY received_at DESC, stream_id DESC LIMIT $5"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND environment = $2 \
+               AND ($3 IS NULL OR name = $3) \
+               AND (received_at < $4 OR (received_at = $4 AND stream_id < $5)) \
+             ORDER BY received_at DESC, stream_id DESC LIMIT $6"
         )))
         .bind(self.tenant)
+        .bind(self.environment)
         .bind(name)
         .bind(before_at)
         .bind(before_key)

@@ -46,6 +46,14 @@ impl KeyKind {
     pub fn parse(value: &str) -> Option<KeyKind> {
         KeyKind::ALL.into_iter().find(|k| k.as_str() == value)
     }
+
+    /// The environment a key acts in: `test` keys in the test one, the rest in live.
+    pub fn environment(self) -> crate::Environment {
+        match self {
+            KeyKind::Test => crate::Environment::Test,
+            KeyKind::Live | KeyKind::Ro => crate::Environment::Live,
+        }
+    }
 }
 
 /// The parts of a presented key, if it has the shape of one.

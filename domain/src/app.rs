@@ -3,7 +3,9 @@
 //! definition changed gets a new version, a function that disappeared stops
 //! triggering. Runs pin the version they started with.
 //!
-//! Stream: `app-<tenant>:<app id>`, stream type `app`.
+//! Stream: `app-<tenant>:<app id>` in the live environment, `app-<tenant>.test:<app id>`
+//! in the test one (tenant ids never hold a `.`), stream type `app`. The same app id
+//! synced in both environments is two apps.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +14,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decider::{Decider, DomainEvent};
+use crate::environment::Environment;
 
 pub const STREAM_TYPE: &str = "app";
 
-pub fn stream_id(tenant: &str, app_id: &str) -> String {
-    format!("app-{tenant}:{app_id}")
+pub fn stream_id(tenant: &str, environment: Environment, app_id: &str) -> String {
+    match environment {
+        Environment::Live => format!("app-{tenant}:{app_id}"),
+        Environment::Test => format!("app-{tenant}.test:{app_id}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,13 +11,16 @@ pub mod api_key;
 pub mod app;
 pub mod decider;
 pub mod duration;
+pub mod environment;
 pub mod event;
 pub mod metadata;
 pub mod run;
+pub mod signing_key;
 pub mod tenant;
 pub mod trigger;
 pub mod user;
 pub mod webhook;
 
 pub use decider::{Decider, DomainEvent, EventDecodeError};
+pub use environment::Environment;
 pub use metadata::{Actor, ActorKind, EventMetadata, TenantId};

@@ -37,6 +37,8 @@ pub enum ActorKind {
     User,
     ApiKey,
     Agent,
+    /// An app authenticating with its environment's signing key.
+    SigningKey,
     System,
 }
 
@@ -65,6 +67,13 @@ impl Actor {
     pub fn api_key(id: impl Into<String>) -> Self {
         Self {
             kind: ActorKind::ApiKey,
+            id: id.into(),
+        }
+    }
+
+    pub fn signing_key(id: impl Into<String>) -> Self {
+        Self {
+            kind: ActorKind::SigningKey,
             id: id.into(),
         }
     }
@@ -123,8 +132,27 @@ impl EventMetadata {
         self
     }
 
+    pub fn in_environment(self, environment: crate::Environment) -> Self {
+        match environment {
+            crate::Environment::Live => Self {
+                environment: None,
+                ..self
+            },
+            crate::Environment::Test => self.in_test_environment(),
+        }
+    }
+
     pub fn is_test_environment(&self) -> bool {
         self.environment.as_deref() == Some(Self::TEST_ENVIRONMENT)
+    }
+
+    /// The environment this event was recorded in.
+    pub fn environment(&self) -> crate::Environment {
+        if self.is_test_environment() {
+            crate::Environment::Test
+        } else {
+            crate::Environment::Live
+        }
     }
 
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {

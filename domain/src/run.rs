@@ -16,6 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::decider::{Decider, DomainEvent};
+use crate::environment::Environment;
 
 pub const STREAM_TYPE: &str = "run";
 
@@ -161,6 +162,10 @@ pub struct RunCreated {
     pub replay_of: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// The tenant environment the run lives in; its function is looked up there and
+    /// only that environment's events resume or cancel it.
+    #[serde(default, skip_serializing_if = "Environment::is_live")]
+    pub environment: Environment,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -413,6 +418,7 @@ pub struct RunState {
     pub status: RunStatus,
     pub run_id: Option<Uuid>,
     pub function: Option<FunctionRef>,
+    pub environment: Environment,
     pub events: Vec<Value>,
     pub max_attempts: u32,
     pub backoff: BackoffPolicy,
@@ -455,6 +461,7 @@ impl Default for RunState {
             status: RunStatus::New,
             run_id: None,
             function: None,
+            environment: Environment::Live,
             events: Vec::new(),
             max_attempts: 1,
             backoff: BackoffPolicy::default(),
@@ -565,6 +572,7 @@ pub struct CreateRun {
     pub backoff: BackoffPolicy,
     pub replay_of: Option<Uuid>,
     pub parent: Option<ParentLink>,
+    pub environment: Environment,
     pub at: DateTime<Utc>,
 }
 
@@ -713,6 +721,7 @@ impl Decider for Run {
                 state.backoff = e.backoff;
                 state.replay_of = e.replay_of;
                 state.parent = e.parent.clone();
+                state.environment = e.environment;
                 state.created_at = Some(e.created_at);
                 state.make_due(CallTarget::Discovery, 0, None);
             }
@@ -915,6 +924,7 @@ fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, R
         created_at: create.at,
         replay_of: create.replay_of,
         parent: create.parent,
+        environment: create.environment,
     })])
 }
 
@@ -1183,6 +1193,7 @@ mod tests {
             created_at: t(0),
             replay_of: None,
             parent: None,
+            environment: Environment::Live,
         })
     }
 
@@ -1240,6 +1251,7 @@ mod tests {
                 },
                 replay_of: None,
                 parent: None,
+                environment: Environment::Live,
                 at: t(0),
             }))
             .then([created()]);
@@ -1258,6 +1270,7 @@ mod tests {
                 backoff: BackoffPolicy::default(),
                 replay_of: None,
                 parent: None,
+                environment: Environment::Live,
                 at: t(0),
             }))
             .then_error(|e| *e == RunError::AlreadyExists);
@@ -1274,6 +1287,7 @@ mod tests {
                 backoff: BackoffPolicy::default(),
                 replay_of: None,
                 parent: None,
+                environment: Environment::Live,
                 at: t(0),
             }))
             .then_error(|e| matches!(e, RunError::Invalid(_)));

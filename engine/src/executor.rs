@@ -14,6 +14,7 @@ use crate::ai_gateway;
 use crate::metrics::Metrics;
 use crate::protocol::{self, CallResponse};
 use crate::queue::Job;
+use crate::space::Space;
 
 /// Largest answer accepted from an app.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -142,10 +143,11 @@ pub async fn execute(
     let Some(function_ref) = loaded.state.function.clone() else {
         return Ok(None);
     };
+    let space = Space::new(&job.tenant, loaded.state.environment);
     let mut function =
         context
             .registry
-            .version(&job.tenant, &function_ref.function_id, function_ref.version);
+            .version(&space, &function_ref.function_id, function_ref.version);
     if function.is_none() {
         // This process's registry may be behind the log (another process took the
         // sync); only the log can say the function is gone.
@@ -156,8 +158,16 @@ pub async fn execute(
         function =
             context
                 .registry
-                .version(&job.tenant, &function_ref.function_id, function_ref.version);
+                .version(&space, &function_ref.function_id, function_ref.version);
     }
+    let signing_key = match context.signing_keys.for_space(&space).await {
+        Ok(key) => key,
+        Err(error) => {
+            // Never call an app unsigned (or with the wrong key) because a lookup failed.
+            tracing::warn!(%error, %space, "cannot read the signing key; trying the job again later");
+            return Err(NotNow);
+        }
+    };
 
     let started_at = Utc::now();
     let (outcome, request_version) = match function {
@@ -176,7 +186,17 @@ pub async fn execute(
             },
             None,
         ),
-        Some(function) => call_app(context, &loaded, &function.spec.url, job, due.attempt).await,
+        Some(function) => {
+            call_app(
+                context,
+                &loaded,
+                &function.spec.url,
+                job,
+                due.attempt,
+                signing_key.as_deref(),
+            )
+            .await
+        }
     };
     let finished_at = Utc::now();
     Metrics::count(&context.metrics.calls);
@@ -202,9 +222,10 @@ async fn call_app(
     url: &str,
     job: &Job,
     attempt: u32,
+    signing_key: Option<&str>,
 ) -> (CallOutcome, Option<u32>) {
     let body = protocol::call_body(&loaded.state, &job.target, attempt);
-    let encode = |body: &serde_json::Value| match &context.config.signing_key {
+    let encode = |body: &serde_json::Value| match signing_key {
         Some(_) => protocol::canonical_bytes(body),
         None => body.to_string().into_bytes(),
     };
@@ -223,7 +244,7 @@ async fn call_app(
             "user-agent",
             concat!("flowforge/", env!("CARGO_PKG_VERSION")),
         );
-    if let Some(key) = &context.config.signing_key {
+    if let Some(key) = signing_key {
         request = request.header(
             "x-inngest-signature",
             protocol::sign(key, &bytes, Utc::now().timestamp()),
@@ -344,6 +365,7 @@ async fn record(
 ) -> Option<Loaded<RunState>> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"))
+        .in_environment(loaded.state.environment)
         .with_instance(context.config.instance.clone());
     let mut backoff = std::time::Duration::from_millis(50);
     let mut known = Some(loaded);

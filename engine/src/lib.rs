@@ -23,6 +23,8 @@ pub mod protocol;
 pub mod queue;
 pub mod registry;
 pub mod scheduler;
+pub mod signing;
+pub mod space;
 pub mod timers;
 
 use std::collections::HashMap;
@@ -39,6 +41,7 @@ use uuid::Uuid;
 pub use ingest::{IngestError, NewIncomingEvent};
 pub use queue::{InProcessQueue, Job, WorkQueue};
 pub use registry::Registry;
+pub use space::Space;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -49,8 +52,6 @@ pub struct EngineConfig {
     /// Attempts when a function does not say (retries + 1).
     pub default_max_attempts: u32,
     pub backoff: BackoffPolicy,
-    /// Signs every call to apps when set (`X-Inngest-Signature`).
-    pub signing_key: Option<String>,
     /// `dev` or `cloud`, sent to apps as `X-Inngest-Server-Kind`.
     pub server_kind: &'static str,
     /// A call whose body would be larger than this asks the app to fetch the run's
@@ -81,7 +82,6 @@ impl Default for EngineConfig {
             call_timeout: Duration::from_secs(300),
             default_max_attempts: 4,
             backoff: BackoffPolicy::default(),
-            signing_key: None,
             server_kind: "dev",
             max_call_bytes: 4 * 1024 * 1024,
             job_lease: None,
@@ -142,6 +142,7 @@ pub struct EngineContext {
     pub expressions: expr::Expressions,
     pub live: live::LiveFeed,
     pub metrics: Arc<metrics::Metrics>,
+    pub signing_keys: Arc<signing::SigningKeys>,
     pub config: EngineConfig,
 }
 
@@ -150,16 +151,16 @@ impl EngineContext {
     /// matching event trigger (and expression), or the cron function that fired.
     pub fn functions_for(
         &self,
-        tenant: &str,
+        space: &Space,
         received: &flowforge_domain::event::EventReceived,
         event_json: &serde_json::Value,
     ) -> Vec<flowforge_domain::app::FunctionVersion> {
         use flowforge_domain::event::EventSource;
         let mut functions: Vec<flowforge_domain::app::FunctionVersion> = match &received.source {
-            EventSource::Cron { function_id } => self.registry.current(tenant, function_id).into_iter().collect(),
+            EventSource::Cron { function_id } => self.registry.current(space, function_id).into_iter().collect(),
             _ => self
                 .registry
-                .triggered_by(tenant, &received.name)
+                .triggered_by(space, &received.name)
                 .into_iter()
                 .filter(|(function, expression)| {
                     // A function is never triggered by the announcement of its own end.
@@ -200,9 +201,17 @@ impl Engine {
         read_db: ReadDb,
         queue: Arc<dyn WorkQueue>,
         config: EngineConfig,
+        signing_keys: Arc<signing::SigningKeys>,
     ) -> Result<Self, EngineError> {
-        Self::start_with_leadership(store, read_db, queue, config, Arc::new(lease::SoleProcess))
-            .await
+        Self::start_with_leadership(
+            store,
+            read_db,
+            queue,
+            config,
+            signing_keys,
+            Arc::new(lease::SoleProcess),
+        )
+        .await
     }
 
     /// Builds the engine for one of several processes: executors start at once, the
@@ -212,6 +221,7 @@ impl Engine {
         read_db: ReadDb,
         queue: Arc<dyn WorkQueue>,
         config: EngineConfig,
+        signing_keys: Arc<signing::SigningKeys>,
         leadership: Arc<dyn lease::Leadership>,
     ) -> Result<Self, EngineError> {
         let http = reqwest::Client::builder()
@@ -236,6 +246,7 @@ impl Engine {
             expressions: expr::Expressions::new(),
             live,
             metrics,
+            signing_keys,
             config,
         });
         let mut tasks = Vec::new();

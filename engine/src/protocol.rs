@@ -389,6 +389,21 @@ pub fn canonical_bytes(value: &Value) -> Vec<u8> {
     serde_json_canonicalizer::to_vec(value).unwrap_or_else(|_| value.to_string().into_bytes())
 }
 
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A signing-key bearer without its `signkey-<env>-` prefix (SDKs send it with one,
+/// some tools without).
+pub fn bare_bearer(token: &str) -> &str {
+    let token = token.trim();
+    token
+        .strip_prefix("signkey-")
+        .and_then(|rest| rest.split_once('-').map(|(_, hash)| hash))
+        .unwrap_or(token)
+}
+
 /// The hashed form of a signing key that SDKs send as `Authorization: Bearer …`.
 pub fn hashed_signing_key(signing_key: &str) -> String {
     use sha2::Digest;

@@ -9,9 +9,11 @@ use flowforge_domain::app::{AppEvent, AppSynced, FunctionVersion, Trigger};
 use flowforge_domain::trigger::name_matches;
 use flowforge_store::{EventStore, LogFilter, StoreError, StoredEvent};
 
+use crate::space::Space;
+
 #[derive(Debug, Clone)]
 pub struct AppInfo {
-    pub tenant: String,
+    pub space: Space,
     pub app_id: String,
     pub url: String,
     pub sdk: Option<String>,
@@ -22,11 +24,11 @@ pub struct AppInfo {
 
 #[derive(Default)]
 struct State {
-    apps: HashMap<(String, String), AppInfo>,
-    current: HashMap<(String, String), FunctionVersion>,
-    versions: HashMap<(String, String, u32), FunctionVersion>,
+    apps: HashMap<(Space, String), AppInfo>,
+    current: HashMap<(Space, String), FunctionVersion>,
+    versions: HashMap<(Space, String, u32), FunctionVersion>,
     /// The app serving each current function.
-    owner: HashMap<(String, String), String>,
+    owner: HashMap<(Space, String), String>,
 }
 
 #[derive(Default)]
@@ -61,7 +63,7 @@ impl Registry {
             return;
         }
         match event.decode::<AppEvent>() {
-            Ok(AppEvent::Synced(synced)) => self.apply_sync(event.tenant_id(), &synced),
+            Ok(AppEvent::Synced(synced)) => self.apply_sync(&Space::of(event), &synced),
             Err(error) => {
                 tracing::error!(%error, position = event.global_position, "unreadable app event")
             }
@@ -69,35 +71,35 @@ impl Registry {
     }
 
     /// Applies one sync. Applying the same sync twice changes nothing.
-    pub fn apply_sync(&self, tenant: &str, synced: &AppSynced) {
+    pub fn apply_sync(&self, space: &Space, synced: &AppSynced) {
         let Ok(mut state) = self.state.write() else {
             return;
         };
-        let key = (tenant.to_owned(), synced.app_id.clone());
+        let key = (space.clone(), synced.app_id.clone());
         let previous: Vec<String> = state
             .apps
             .get(&key)
             .map(|a| a.functions.clone())
             .unwrap_or_default();
         for removed in previous.iter().chain(&synced.removed) {
-            let k = (tenant.to_owned(), removed.clone());
+            let k = (space.clone(), removed.clone());
             if state.owner.get(&k) == Some(&synced.app_id) {
                 state.current.remove(&k);
                 state.owner.remove(&k);
             }
         }
         for f in &synced.functions {
-            let k = (tenant.to_owned(), f.spec.id.clone());
+            let k = (space.clone(), f.spec.id.clone());
             state.current.insert(k.clone(), f.clone());
             state.owner.insert(k, synced.app_id.clone());
             state
                 .versions
-                .insert((tenant.to_owned(), f.spec.id.clone(), f.version), f.clone());
+                .insert((space.clone(), f.spec.id.clone(), f.version), f.clone());
         }
         state.apps.insert(
             key,
             AppInfo {
-                tenant: tenant.to_owned(),
+                space: space.clone(),
                 app_id: synced.app_id.clone(),
                 url: synced.url.clone(),
                 sdk: synced.sdk.clone(),
@@ -108,41 +110,37 @@ impl Registry {
         );
     }
 
-    pub fn current(&self, tenant: &str, function_id: &str) -> Option<FunctionVersion> {
+    pub fn current(&self, space: &Space, function_id: &str) -> Option<FunctionVersion> {
         self.state
             .read()
             .ok()?
             .current
-            .get(&(tenant.to_owned(), function_id.to_owned()))
+            .get(&(space.clone(), function_id.to_owned()))
             .cloned()
     }
 
     /// The app a current function belongs to.
-    pub fn app_of(&self, tenant: &str, function_id: &str) -> Option<String> {
+    pub fn app_of(&self, space: &Space, function_id: &str) -> Option<String> {
         self.state
             .read()
             .ok()?
             .owner
-            .get(&(tenant.to_owned(), function_id.to_owned()))
+            .get(&(space.clone(), function_id.to_owned()))
             .cloned()
     }
 
     /// A function at a version; falls back to the current version if that one is unknown.
     pub fn version(
         &self,
-        tenant: &str,
+        space: &Space,
         function_id: &str,
         version: u32,
     ) -> Option<FunctionVersion> {
         let state = self.state.read().ok()?;
         state
             .versions
-            .get(&(tenant.to_owned(), function_id.to_owned(), version))
-            .or_else(|| {
-                state
-                    .current
-                    .get(&(tenant.to_owned(), function_id.to_owned()))
-            })
+            .get(&(space.clone(), function_id.to_owned(), version))
+            .or_else(|| state.current.get(&(space.clone(), function_id.to_owned())))
             .cloned()
     }
 
@@ -150,7 +148,7 @@ impl Registry {
     /// with the trigger's expression (if any).
     pub fn triggered_by(
         &self,
-        tenant: &str,
+        space: &Space,
         event_name: &str,
     ) -> Vec<(FunctionVersion, Option<String>)> {
         let Ok(state) = self.state.read() else {
@@ -158,7 +156,7 @@ impl Registry {
         };
         let mut matched = Vec::new();
         for ((t, _), f) in &state.current {
-            if t != tenant {
+            if t != space {
                 continue;
             }
             for trigger in &f.spec.triggers {
@@ -173,15 +171,15 @@ impl Registry {
         matched
     }
 
-    /// Every current function with cron triggers: (tenant, function, schedules).
-    pub fn cron_functions(&self) -> Vec<(String, FunctionVersion, Vec<String>)> {
+    /// Every current function with cron triggers: (space, function, schedules).
+    pub fn cron_functions(&self) -> Vec<(Space, FunctionVersion, Vec<String>)> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         state
             .current
             .iter()
-            .filter_map(|((tenant, _), f)| {
+            .filter_map(|((space, _), f)| {
                 let crons: Vec<String> = f
                     .spec
                     .triggers
@@ -191,13 +189,13 @@ impl Registry {
                         Trigger::Event { .. } => None,
                     })
                     .collect();
-                (!crons.is_empty()).then(|| (tenant.clone(), f.clone(), crons))
+                (!crons.is_empty()).then(|| (space.clone(), f.clone(), crons))
             })
             .collect()
     }
 
     /// Current functions with a cancel rule for `event_name`.
-    pub fn cancelled_by(&self, tenant: &str, event_name: &str) -> Vec<FunctionVersion> {
+    pub fn cancelled_by(&self, space: &Space, event_name: &str) -> Vec<FunctionVersion> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
@@ -205,7 +203,7 @@ impl Registry {
             .current
             .iter()
             .filter(|((t, _), f)| {
-                t == tenant
+                t == space
                     && f.spec
                         .cancel
                         .iter()
@@ -215,28 +213,28 @@ impl Registry {
             .collect()
     }
 
-    pub fn apps(&self, tenant: &str) -> Vec<AppInfo> {
+    pub fn apps(&self, space: &Space) -> Vec<AppInfo> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         let mut apps: Vec<AppInfo> = state
             .apps
             .values()
-            .filter(|a| a.tenant == tenant)
+            .filter(|a| &a.space == space)
             .cloned()
             .collect();
         apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
         apps
     }
 
-    pub fn functions(&self, tenant: &str) -> Vec<(String, FunctionVersion)> {
+    pub fn functions(&self, space: &Space) -> Vec<(String, FunctionVersion)> {
         let Ok(state) = self.state.read() else {
             return Vec::new();
         };
         let mut functions: Vec<(String, FunctionVersion)> = state
             .current
             .iter()
-            .filter(|((t, _), _)| t == tenant)
+            .filter(|((t, _), _)| t == space)
             .map(|((t, id), f)| {
                 (
                     state

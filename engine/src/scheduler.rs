@@ -30,7 +30,7 @@ use flowforge_domain::run::{
     CallTarget, CreateRun, FunctionRef, ParentLink, Run, RunCommand, RunError, RunEvent, RunState,
     RunStatus, StepError, Waiting,
 };
-use flowforge_domain::{Actor, Decider, EventMetadata, TenantId};
+use flowforge_domain::{Actor, Decider, Environment, EventMetadata, TenantId};
 use flowforge_projections::{ProjectionError, ProjectionRunner};
 use flowforge_store::{LogFilter, StoredEvent, subscribe};
 use serde_json::{Value, json};
@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::queue::Job;
+use crate::space::Space;
 use crate::timers::Timers;
 use crate::{EngineContext, EngineError, ids, ingest};
 
@@ -67,7 +68,7 @@ enum Timer {
         step_id: String,
     },
     Cron {
-        tenant: String,
+        space: Space,
         function_id: String,
         version: u32,
         schedule: String,
@@ -76,7 +77,7 @@ enum Timer {
 }
 
 struct Tracked {
-    tenant: String,
+    space: Space,
     state: RunState,
     version: u64,
     /// Position of the run's first event: events before it cannot cancel it.
@@ -94,10 +95,10 @@ pub struct Scheduler {
     runs: HashMap<Uuid, Tracked>,
     /// Event name → waiting (run, step).
     waits: HashMap<String, HashSet<(Uuid, String)>>,
-    /// (tenant, function) → active runs, for cancel rules.
-    by_function: HashMap<(String, String), HashSet<Uuid>>,
-    /// Cron timers set: (tenant, function, version, schedule).
-    crons: HashSet<(String, String, u32, String)>,
+    /// (space, function) → active runs, for cancel rules.
+    by_function: HashMap<(Space, String), HashSet<Uuid>>,
+    /// Cron timers set: (space, function, version, schedule).
+    crons: HashSet<(Space, String, u32, String)>,
     timers: Timers<Timer>,
     fired: mpsc::UnboundedReceiver<Timer>,
     /// Effects in flight per log position; the checkpoint stays below the lowest.
@@ -111,8 +112,11 @@ pub struct Scheduler {
     to_enqueue: Vec<Job>,
 }
 
-fn metadata(tenant: &str) -> EventMetadata {
-    EventMetadata::new(TenantId::new(tenant), Actor::system(NAME))
+fn metadata(space: &Space) -> EventMetadata {
+    space.stamp(EventMetadata::new(
+        TenantId::new(space.tenant()),
+        Actor::system(NAME),
+    ))
 }
 
 fn run_id_of(stream_id: &str) -> Option<Uuid> {
@@ -278,7 +282,10 @@ impl Scheduler {
             }
         }
         if let RunEvent::InvokeStarted(invoke) = &decoded {
-            self.start_child(run_id, event.tenant_id(), invoke, event.global_position);
+            let space = self.runs.get(&run_id).map(|t| t.space.clone());
+            if let Some(space) = space {
+                self.start_child(run_id, &space, invoke, event.global_position);
+            }
         }
         self.after_change(run_id, event.global_position);
     }
@@ -321,6 +328,7 @@ impl Scheduler {
         if let Some(tracked) = self.runs.get_mut(&run_id) {
             tracked.wait_positions = wait_positions;
         }
+        let space = Space::new(tenant, self.runs[&run_id].state.environment);
         // Children this run is waiting for: make sure they exist (and resume the
         // parent if they already finished while nobody was watching).
         let invokes: Vec<(String, Uuid)> = self.runs[&run_id]
@@ -333,7 +341,7 @@ impl Scheduler {
             })
             .collect();
         for (step_id, child_run_id) in invokes {
-            self.reconcile_child(run_id, tenant, step_id, child_run_id, position);
+            self.reconcile_child(run_id, &space, step_id, child_run_id, position);
         }
         self.after_change(run_id, position);
         Ok(())
@@ -347,16 +355,17 @@ impl Scheduler {
         version: u64,
         created_position: u64,
     ) {
+        let space = Space::new(tenant, state.environment);
         if let Some(function) = &state.function {
             self.by_function
-                .entry((tenant.to_owned(), function.function_id.clone()))
+                .entry((space.clone(), function.function_id.clone()))
                 .or_default()
                 .insert(run_id);
         }
         self.runs.insert(
             run_id,
             Tracked {
-                tenant: tenant.to_owned(),
+                space,
                 state,
                 version,
                 created_position,
@@ -380,7 +389,7 @@ impl Scheduler {
             if let Some(tracked) = tracked {
                 self.forget(run_id, &tracked);
                 self.context.cache.remove(run_id);
-                self.finished(run_id, &tracked.tenant, &tracked.state, position);
+                self.finished(run_id, &tracked.space, &tracked.state, position);
             }
             return;
         }
@@ -399,7 +408,7 @@ impl Scheduler {
                 continue;
             }
             let job = Job {
-                tenant: tracked.tenant.clone(),
+                tenant: tracked.space.tenant.clone(),
                 run_id,
                 target: target.clone(),
                 token: due.token,
@@ -469,7 +478,7 @@ impl Scheduler {
         if let Some(function) = &tracked.state.function
             && let Some(runs) = self
                 .by_function
-                .get_mut(&(tracked.tenant.clone(), function.function_id.clone()))
+                .get_mut(&(tracked.space.clone(), function.function_id.clone()))
         {
             runs.remove(&run_id);
         }
@@ -526,7 +535,7 @@ impl Scheduler {
     }
 
     /// A run finished: announce it, and resume the parent that invoked it.
-    fn finished(&mut self, run_id: Uuid, tenant: &str, state: &RunState, position: u64) {
+    fn finished(&mut self, run_id: Uuid, space: &Space, state: &RunState, position: u64) {
         if let (Some(created), Some(finished)) = (state.created_at, state.finished_at) {
             let seconds = (finished - created).num_microseconds().unwrap_or(0) as f64 / 1e6;
             self.context.metrics.run_seconds.observe(seconds);
@@ -585,7 +594,7 @@ impl Scheduler {
                 received_at: Utc::now(),
             };
             let context = self.context.clone();
-            let meta = metadata(tenant).with_causation(key);
+            let meta = metadata(space).with_causation(key);
             self.effect(position, async move {
                 ingest::append(&context, &key, meta, received)
                     .await
@@ -606,7 +615,7 @@ impl Scheduler {
             };
             self.command(
                 position,
-                tenant,
+                space,
                 parent.run_id,
                 RunCommand::ResolveInvoke {
                     step_id: parent.step_id,
@@ -623,7 +632,7 @@ impl Scheduler {
             Ok(loaded) if loaded.state.status.is_terminal() => {
                 self.finished(
                     run_id,
-                    event.tenant_id(),
+                    &Space::new(event.tenant_id(), loaded.state.environment),
                     &loaded.state,
                     event.global_position,
                 );
@@ -636,14 +645,14 @@ impl Scheduler {
     fn start_child(
         &mut self,
         parent: Uuid,
-        tenant: &str,
+        space: &Space,
         invoke: &flowforge_domain::run::InvokeStarted,
         position: u64,
     ) {
-        let Some(function) = self.context.registry.current(tenant, &invoke.function_id) else {
+        let Some(function) = self.context.registry.current(space, &invoke.function_id) else {
             self.command(
                 position,
-                tenant,
+                space,
                 parent,
                 RunCommand::ResolveInvoke {
                     step_id: invoke.step_id.clone(),
@@ -675,7 +684,7 @@ impl Scheduler {
         };
         self.create_run(
             position,
-            tenant,
+            space,
             invoke.child_run_id,
             &function,
             vec![event],
@@ -687,13 +696,13 @@ impl Scheduler {
     fn reconcile_child(
         &mut self,
         parent: Uuid,
-        tenant: &str,
+        space: &Space,
         step_id: String,
         child: Uuid,
         position: u64,
     ) {
         let context = self.context.clone();
-        let meta = metadata(tenant);
+        let meta = metadata(space);
         self.effect(position, async move {
             let loaded = context
                 .commands
@@ -732,7 +741,7 @@ impl Scheduler {
     fn create_run(
         &mut self,
         position: u64,
-        tenant: &str,
+        space: &Space,
         run_id: Uuid,
         function: &FunctionVersion,
         events: Vec<Value>,
@@ -742,7 +751,7 @@ impl Scheduler {
         let app_id = self
             .context
             .registry
-            .app_of(tenant, &function.spec.id)
+            .app_of(space, &function.spec.id)
             .unwrap_or_default();
         let command = RunCommand::Create(CreateRun {
             run_id,
@@ -756,16 +765,17 @@ impl Scheduler {
             backoff: self.context.config.backoff,
             replay_of,
             parent,
+            environment: space.environment,
             at: Utc::now(),
         });
-        self.command(position, tenant, run_id, command);
+        self.command(position, space, run_id, command);
     }
 
     /// Runs a command on a run as an effect of the event at `position`. Refusals that
     /// mean "already done" or "no longer relevant" are expected and ignored.
-    fn command(&mut self, position: u64, tenant: &str, run_id: Uuid, command: RunCommand) {
+    fn command(&mut self, position: u64, space: &Space, run_id: Uuid, command: RunCommand) {
         let context = self.context.clone();
-        let meta = metadata(tenant);
+        let meta = metadata(space);
         self.effect(position, async move {
             run_command(&context, &meta, run_id, command).await
         });
@@ -806,19 +816,14 @@ impl Scheduler {
             );
             return;
         };
-        if stored.metadata.is_test_environment() {
-            // Sent with a `test` key: kept apart from the live environment, so it
-            // starts, resumes and cancels no live run. (Functions registered for the
-            // test environment do not exist yet.)
-            tracing::debug!(event = %received.name, "test-environment event: no live function runs on it");
-            return;
-        }
-        let tenant = stored.tenant_id().to_owned();
+        // Everything below stays in the event's space: a test event starts, resumes
+        // and cancels only test runs, a live event only live ones.
+        let space = Space::of(stored);
         let position = stored.global_position;
         let event_json = received.to_sdk_json();
 
         // 1. New runs.
-        let candidates = self.context.functions_for(&tenant, &received, &event_json);
+        let candidates = self.context.functions_for(&space, &received, &event_json);
         let mut seen = HashSet::new();
         for function in candidates {
             if !seen.insert(function.spec.id.clone()) {
@@ -827,7 +832,7 @@ impl Scheduler {
             let run_id = ids::run_for_event(&stored.stream_id, &function.spec.id);
             self.create_run(
                 position,
-                &tenant,
+                &space,
                 run_id,
                 &function,
                 vec![event_json.clone()],
@@ -842,7 +847,7 @@ impl Scheduler {
                 let Some(tracked) = self.runs.get(&run_id) else {
                     continue;
                 };
-                if tracked.tenant != tenant {
+                if tracked.space != space {
                     continue;
                 }
                 if tracked
@@ -874,7 +879,7 @@ impl Scheduler {
                     }
                     self.command(
                         position,
-                        &tenant,
+                        &space,
                         run_id,
                         RunCommand::ResolveWait {
                             step_id,
@@ -887,10 +892,10 @@ impl Scheduler {
         }
 
         // 3. Cancel rules.
-        for function in self.context.registry.cancelled_by(&tenant, &received.name) {
+        for function in self.context.registry.cancelled_by(&space, &received.name) {
             let runs: Vec<Uuid> = self
                 .by_function
-                .get(&(tenant.clone(), function.spec.id.clone()))
+                .get(&(space.clone(), function.spec.id.clone()))
                 .map(|r| r.iter().copied().collect())
                 .unwrap_or_default();
             for run_id in runs {
@@ -924,7 +929,7 @@ impl Scheduler {
                 if cancel {
                     self.command(
                         position,
-                        &tenant,
+                        &space,
                         run_id,
                         RunCommand::Cancel {
                             reason: format!(
@@ -962,10 +967,10 @@ impl Scheduler {
                 }
             }
             Timer::SleepDone { run_id, step_id } => {
-                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                if let Some(space) = self.waiting_space(run_id, &step_id) {
                     self.command(
                         position,
-                        &tenant,
+                        &space,
                         run_id,
                         RunCommand::CompleteSleep {
                             step_id,
@@ -975,10 +980,10 @@ impl Scheduler {
                 }
             }
             Timer::WaitExpired { run_id, step_id } => {
-                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                if let Some(space) = self.waiting_space(run_id, &step_id) {
                     self.command(
                         position,
-                        &tenant,
+                        &space,
                         run_id,
                         RunCommand::ResolveWait {
                             step_id,
@@ -989,10 +994,10 @@ impl Scheduler {
                 }
             }
             Timer::InvokeExpired { run_id, step_id } => {
-                if let Some(tenant) = self.waiting_tenant(run_id, &step_id) {
+                if let Some(space) = self.waiting_space(run_id, &step_id) {
                     self.command(
                         position,
-                        &tenant,
+                        &space,
                         run_id,
                         RunCommand::ResolveInvoke {
                             step_id,
@@ -1006,22 +1011,27 @@ impl Scheduler {
                 }
             }
             Timer::Cron {
-                tenant,
+                space,
                 function_id,
                 version,
                 schedule,
                 at,
             } => {
                 let key = (
-                    tenant.clone(),
+                    space.clone(),
                     function_id.clone(),
                     version,
                     schedule.clone(),
                 );
                 self.crons.remove(&key);
-                let current = self.context.registry.current(&tenant, &function_id);
+                let current = self.context.registry.current(&space, &function_id);
                 if current.is_some_and(|f| f.version == version) {
-                    let id = ids::cron_event(&tenant, &function_id, at.timestamp_millis());
+                    // Live ids are as they always were; test ones must differ from them.
+                    let scope = match space.environment {
+                        Environment::Live => space.tenant.clone(),
+                        Environment::Test => space.to_string(),
+                    };
+                    let id = ids::cron_event(&scope, &function_id, at.timestamp_millis());
                     let received = EventReceived {
                         id: id.to_string(),
                         name: "inngest/scheduled.timer".into(),
@@ -1033,7 +1043,7 @@ impl Scheduler {
                         received_at: Utc::now(),
                     };
                     let context = self.context.clone();
-                    let meta = metadata(&tenant);
+                    let meta = metadata(&space);
                     self.effect(position, async move {
                         ingest::append(&context, &id, meta, received)
                             .await
@@ -1045,21 +1055,21 @@ impl Scheduler {
         }
     }
 
-    fn waiting_tenant(&self, run_id: Uuid, step_id: &str) -> Option<String> {
+    fn waiting_space(&self, run_id: Uuid, step_id: &str) -> Option<Space> {
         let tracked = self.runs.get(&run_id)?;
         tracked
             .state
             .waiting
             .contains_key(step_id)
-            .then(|| tracked.tenant.clone())
+            .then(|| tracked.space.clone())
     }
 
     fn schedule_crons(&mut self) {
         let now = Utc::now();
-        for (tenant, function, schedules) in self.context.registry.cron_functions() {
+        for (space, function, schedules) in self.context.registry.cron_functions() {
             for schedule in schedules {
                 let key = (
-                    tenant.clone(),
+                    space.clone(),
                     function.spec.id.clone(),
                     function.version,
                     schedule.clone(),
@@ -1074,7 +1084,7 @@ impl Scheduler {
                             self.timers.add(
                                 at,
                                 Timer::Cron {
-                                    tenant: tenant.clone(),
+                                    space: space.clone(),
                                     function_id: function.spec.id.clone(),
                                     version: function.version,
                                     schedule,

@@ -10,6 +10,10 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Stores (or replaces) a secret.
     async fn put_secret(&self, tenant: &str, name: &str, value: &str) -> Result<(), StoreError>;
     async fn secret(&self, tenant: &str, name: &str) -> Result<Option<String>, StoreError>;
+    /// The secret with this name whichever tenant holds it, with that tenant: for names
+    /// that are digests of a credential presented without a tenant. `None` when no
+    /// tenant, or (never expected of a digest) more than one, holds it.
+    async fn find_secret(&self, name: &str) -> Result<Option<(String, String)>, StoreError>;
     /// Records that a credential (an API key id) was used at `at_ms`; never moves the
     /// time backwards.
     async fn touch_credential(
@@ -32,6 +36,11 @@ const LAST_USED: &str =
 const PUT: &str = "INSERT INTO secrets (tenant_id, name, value, created_at) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (tenant_id, name) DO UPDATE SET value = excluded.value, created_at = excluded.created_at";
 const GET: &str = "SELECT value FROM secrets WHERE tenant_id = $1 AND name = $2";
+const FIND: &str = "SELECT tenant_id, value FROM secrets WHERE name = $1 LIMIT 2";
+
+fn only_one(mut rows: Vec<(String, String)>) -> Option<(String, String)> {
+    (rows.len() == 1).then(|| rows.remove(0))
+}
 
 #[async_trait]
 impl SecretStore for crate::postgres::PostgresEventStore {
@@ -52,6 +61,15 @@ impl SecretStore for crate::postgres::PostgresEventStore {
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
+    }
+
+    async fn find_secret(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(only_one(
+            sqlx::query_as(FIND)
+                .bind(name)
+                .fetch_all(self.pool())
+                .await?,
+        ))
     }
 
     async fn touch_credential(
@@ -105,6 +123,15 @@ impl SecretStore for crate::sqlite::SqliteEventStore {
             .bind(name)
             .fetch_optional(self.read_pool())
             .await?)
+    }
+
+    async fn find_secret(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(only_one(
+            sqlx::query_as(FIND)
+                .bind(name)
+                .fetch_all(self.read_pool())
+                .await?,
+        ))
     }
 
     async fn touch_credential(

@@ -28,6 +28,7 @@ pub fn create(run_id: Uuid, function: &str) -> RunCommand {
         backoff: BackoffPolicy::default(),
         replay_of: None,
         parent: None,
+        environment: Default::default(),
         at: Utc::now(),
     })
 }

@@ -325,6 +325,18 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
             ("DELETE", "/api/v1/api-keys/{id}") => {
                 case(format!("/api/v1/api-keys/{doomed_key}"), None, 200, 404)
             }
+            ("GET", "/api/v1/signing-keys") => case(path, None, 200, 200),
+            // Exactly two callers of acme may: the first key signs at once, the second
+            // waits as next (a third would be refused: one next key at a time).
+            ("POST", "/api/v1/signing-keys") => case(path, None, 201, 201),
+            // Whether a next key waits depends on the order of the calls; a grace
+            // period out of range is refused the same way every time.
+            ("POST", "/api/v1/signing-keys/rotate") => {
+                case(path, Some(json!({"grace_period_seconds": -1})), 400, 400)
+            }
+            ("DELETE", "/api/v1/signing-keys/{id}") => {
+                case(format!("/api/v1/signing-keys/{missing}"), None, 404, 404)
+            }
             ("POST", "/api/v1/events") => case(
                 path,
                 Some(json!({"name": "matrix/ping", "data": {}})),

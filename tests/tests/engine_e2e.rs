@@ -669,9 +669,16 @@ async fn test_key_events_reach_no_live_run(backend: TestBackend) {
     assert_eq!(started["runs"], json!([]));
     let trigger_id = started["ids"][0].as_str().unwrap().to_owned();
 
-    // The event is recorded (the events read model shows it once projected)…
+    // The event is recorded in the test environment (the events read model shows it
+    // there once projected, and not in live)…
     let deadline = Instant::now() + RUN_TIMEOUT;
-    while env.api.get(&format!("/api/v1/events/{trigger_id}")).await.0 != 200 {
+    while env
+        .api
+        .get(&format!("/api/v1/events/{trigger_id}?environment=test"))
+        .await
+        .0
+        != 200
+    {
         assert!(Instant::now() < deadline, "the test event was not recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -685,11 +692,24 @@ async fn test_key_events_reach_no_live_run(backend: TestBackend) {
         .await;
     let barrier_id = barrier.1["ids"][0].as_str().unwrap().to_owned();
     env.api.runs_of_event(&barrier_id, 1, RUN_TIMEOUT).await;
-    let (_, runs) = env
-        .api
-        .get(&format!("/api/v1/runs?event={trigger_id}"))
-        .await;
-    assert_eq!(runs["items"], json!([]), "a test event started a live run");
+    assert_eq!(
+        env.api.get(&format!("/api/v1/events/{trigger_id}")).await.0,
+        404,
+        "a test event is listed in live"
+    );
+    for environment in ["live", "test"] {
+        let (_, runs) = env
+            .api
+            .get(&format!(
+                "/api/v1/runs?event={trigger_id}&environment={environment}"
+            ))
+            .await;
+        assert_eq!(
+            runs["items"],
+            json!([]),
+            "a test event started a run in {environment} (only test functions may run, and there are none)"
+        );
+    }
     let (_, run) = env.api.get(&format!("/api/v1/runs/{run_id}")).await;
     assert_eq!(
         run["status"], "running",

@@ -169,7 +169,8 @@ const KEY_TWO: &str =
     "signkey-prod-fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 const EVENT_KEY: &str = "ek-flowforge-compat-test-key";
 
-/// A server that signs its calls with `signs_with` and accepts syncs with `accepts`.
+/// A server that signs its calls with `signs_with` and accepts syncs with it and with
+/// `accepts` (the operator's FLOWFORGE_SIGNING_KEY and its fallback).
 async fn production_server(
     backend: &TestBackend,
     signs_with: &str,
@@ -177,14 +178,16 @@ async fn production_server(
     max_call_bytes: Option<usize>,
 ) -> TestServer {
     let mut config = flowforge_tests::server::config_for(backend);
-    config.engine.signing_key = Some(signs_with.to_owned());
     config.engine.server_kind = "cloud";
     if let Some(max) = max_call_bytes {
         config.engine.max_call_bytes = max;
     }
     config.inngest_keys = flowforge_api::config::InngestKeys {
         event_keys: vec![(EVENT_KEY.to_owned(), "default".to_owned())],
-        signing_keys: accepts.iter().map(|k| (*k).to_owned()).collect(),
+        signing_keys: std::iter::once(signs_with)
+            .chain(accepts.iter().copied().filter(|k| *k != signs_with))
+            .map(str::to_owned)
+            .collect(),
     };
     TestServer::start_with(config).await
 }

@@ -27,6 +27,16 @@ pub fn generate(kind: KeyKind) -> (String, String) {
     (id, key)
 }
 
+/// A new signing key for an environment, in the Inngest format
+/// (`signkey-<env>-<64 hex>`), and an id to name it by.
+pub fn generate_signing_key(environment: flowforge_domain::Environment) -> (String, String) {
+    let secret: [u8; 32] = rand::random();
+    (
+        base62(ID_LEN),
+        format!("signkey-{}-{}", environment.as_str(), hex::encode(secret)),
+    )
+}
+
 pub fn hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }

@@ -16,9 +16,9 @@ use axum::http::HeaderMap;
 use chrono::Utc;
 use flowforge_commands::CommandHandler;
 use flowforge_domain::access::Scope;
-use flowforge_domain::api_key::{self, ApiKey, KeyKind};
+use flowforge_domain::api_key::{self, ApiKey};
 use flowforge_domain::user::{self, User};
-use flowforge_domain::{Actor, TenantId};
+use flowforge_domain::{Actor, Environment, TenantId};
 use flowforge_store::SecretStore;
 
 use crate::caller::{Caller, Grants};
@@ -147,7 +147,7 @@ pub async fn api_key_caller(
         actor: Actor::api_key(key.key_id.clone()),
         request_id: None,
         grants: Grants::Scopes(key.scopes.clone()),
-        environment: key.kind,
+        environment: key.kind.environment(),
         session: None,
     })
 }
@@ -180,7 +180,7 @@ async fn token_caller(
         actor: Actor::user(profile.user_id.to_string()),
         request_id: None,
         grants: Grants::Role(role),
-        environment: KeyKind::Live,
+        environment: Environment::Live,
         session: Some(claims.sid),
     })
 }

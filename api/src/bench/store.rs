@@ -397,6 +397,7 @@ fn run_events(run_id: Uuid) -> Vec<NewEvent> {
         created_at: now,
         replay_of: None,
         parent: None,
+        environment: Default::default(),
     })];
     for (token, step) in (1u64..).zip(["a", "b", "c", "d"]) {
         events.push(RunEvent::CallFinished(CallFinished {

@@ -215,7 +215,7 @@ pub async fn register(
     let engine = state.engine()?;
     let sync = parse_sync(&body, engine.config.default_max_attempts)?;
     let app_id = sync.app_id.clone();
-    let stream = flowforge_domain::app::stream_id(caller.tenant(), &app_id);
+    let stream = flowforge_domain::app::stream_id(caller.tenant(), caller.environment, &app_id);
     let handled = engine
         .commands
         .handle::<App>(&stream, &caller.metadata(), || sync.clone())
@@ -233,7 +233,7 @@ pub async fn register(
     for event in &handled.events {
         let flowforge_domain::app::AppEvent::Synced(synced) = event;
         modified |= synced.modified;
-        engine.registry.apply_sync(caller.tenant(), synced);
+        engine.registry.apply_sync(&caller.space(), synced);
     }
     Ok(Json(json!({
         "ok": true,
@@ -262,7 +262,7 @@ pub async fn list_apps(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let apps = state.engine()?.registry.apps(caller.tenant());
+    let apps = state.engine()?.registry.apps(&caller.space());
     Ok(Json(json!({
         "items": apps.iter().map(|a| json!({
             "id": a.app_id,
@@ -280,7 +280,7 @@ pub async fn list_functions(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let functions = state.engine()?.registry.functions(caller.tenant());
+    let functions = state.engine()?.registry.functions(&caller.space());
     Ok(Json(json!({
         "items": functions.iter().map(|(app, f)| function_json(app, f)).collect::<Vec<_>>()
     })))
@@ -294,9 +294,9 @@ pub async fn show_function(
 ) -> Result<Json<Value>, ApiError> {
     let registry = &state.engine()?.registry;
     let f = registry
-        .current(caller.tenant(), &id)
+        .current(&caller.space(), &id)
         .ok_or_else(|| ApiError::not_found(format!("no function `{id}`")))?;
-    let app = registry.app_of(caller.tenant(), &id).unwrap_or_default();
+    let app = registry.app_of(&caller.space(), &id).unwrap_or_default();
     Ok(Json(function_json(&app, &f)))
 }
 
@@ -338,7 +338,7 @@ pub async fn invoke(
     };
     let function = engine
         .registry
-        .current(caller.tenant(), &id)
+        .current(&caller.space(), &id)
         .ok_or_else(|| ApiError::not_found(format!("no function `{id}`")))?;
     let run_id = Uuid::now_v7();
     let event = json!({
@@ -356,7 +356,7 @@ pub async fn invoke(
         function: FunctionRef {
             app_id: engine
                 .registry
-                .app_of(caller.tenant(), &id)
+                .app_of(&caller.space(), &id)
                 .unwrap_or_default(),
             function_id: function.spec.id.clone(),
             version: function.version,
@@ -366,6 +366,7 @@ pub async fn invoke(
         backoff: engine.config.backoff,
         replay_of: None,
         parent: None,
+        environment: caller.environment,
         at: Utc::now(),
     });
     engine

@@ -260,12 +260,11 @@ pub async fn send(
     let engine = state.engine()?;
     let bytes = read_body(body, state.platform.config.max_event_bytes).await?;
     let events = parse_events(parse_json(&bytes)?)?;
-    // How many runs to expect, decided exactly as the scheduler decides (which starts
-    // none for the test environment).
+    // How many runs to expect, decided exactly as the scheduler decides (in the
+    // caller's environment).
     let metadata = caller.metadata();
     let expected: usize = events
         .iter()
-        .filter(|_| !metadata.is_test_environment())
         .map(|e| {
             let received = flowforge_domain::event::EventReceived {
                 id: e.id.clone().unwrap_or_default(),
@@ -278,7 +277,7 @@ pub async fn send(
                 received_at: chrono::Utc::now(),
             };
             engine
-                .functions_for(caller.tenant(), &received, &received.to_sdk_json())
+                .functions_for(&caller.space(), &received, &received.to_sdk_json())
                 .len()
         })
         .sum();
@@ -454,6 +453,7 @@ fn event_json(row: &flowforge_projections::events::EventRow) -> Value {
     json!({
         "id": row.id,
         "name": row.name,
+        "environment": row.environment,
         "data": serde_json::from_str::<Value>(&row.data).unwrap_or(Value::Null),
         "ts": row.ts,
         "received_at": chrono::DateTime::from_timestamp_millis(row.received_at).map(|t| t.to_rfc3339()),

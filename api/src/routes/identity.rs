@@ -48,7 +48,7 @@ fn too_many_attempts() -> ApiError {
     )
 }
 
-fn body_of<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+pub(crate) fn body_of<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
         // serde names the offending field in its message (`missing field `email``).

@@ -6,6 +6,7 @@ pub mod gql;
 pub mod identity;
 pub mod openapi;
 pub mod runs;
+pub mod signing_keys;
 pub mod system;
 pub mod webhooks;
 
@@ -273,6 +274,43 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             delete(identity::revoke_key),
         ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/signing-keys",
+                Access::Scope(S::Admin),
+                "The environment's signing keys (`?environment=test`), never the keys themselves",
+            ),
+            get(signing_keys::list),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/signing-keys",
+                Access::Scope(S::Admin),
+                "Create a signing key (the first signs at once, later ones wait to be rotated in); \
+                 the answer is the only place the key appears",
+            ),
+            post(signing_keys::create),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/signing-keys/rotate",
+                Access::Scope(S::Admin),
+                "Make the next signing key current; the old one stays valid for a grace period",
+            ),
+            post(signing_keys::rotate),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/signing-keys/{id}",
+                Access::Scope(S::Admin),
+                "Revoke a next or retired signing key, at once",
+            ),
+            delete(signing_keys::revoke),
+        ),
         // The REST API.
         (
             spec(
@@ -509,25 +547,33 @@ async fn caller_for(
             if authorization.is_some_and(crate::auth::is_flowforge_credential) {
                 return require(authenticate().await?, scope);
             }
-            let keys = &platform.config.inngest_keys;
-            if !keys.signing_keys.is_empty() {
-                return if keys.authorizes(authorization) {
-                    Ok(Caller::dev_admin())
-                } else {
-                    Err(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "send a configured signing key, hashed, as Authorization: Bearer, \
-                         or a FlowForge API key",
-                    ))
+            if let Some(bearer) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+                return match platform.signing_keys.authenticate(bearer).await {
+                    Ok(Some(app)) => require(Caller::app(app), scope),
+                    Ok(None) => Err(signing_key_refused()),
+                    Err(error) => Err(ApiError::unavailable(format!(
+                        "cannot check credentials now: {error}"
+                    ))),
                 };
             }
+            // No credentials: only a development server without signing keys takes
+            // syncs and protocol calls from anyone (as Inngest's dev server does).
             match auth.mode {
+                _ if platform.signing_keys.has_configured() => Err(signing_key_refused()),
                 AuthMode::Open => Ok(Caller::dev_admin()),
                 AuthMode::Required => Err(ApiError::unauthenticated()),
             }
         }
     }
+}
+
+fn signing_key_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send your environment's signing key, hashed, as Authorization: Bearer, \
+         or a FlowForge API key",
+    )
 }
 
 /// A page of a list, newest first.

@@ -41,6 +41,7 @@ pub fn row_json(row: &RunRow) -> Value {
         "function_id": row.function_id,
         "function_version": row.function_version,
         "app_id": row.app_id,
+        "environment": row.environment,
         "status": row.status,
         "event_id": row.event_id,
         "event_name": row.event_name,
@@ -144,6 +145,14 @@ async fn run_stream(
         .read_stream(&flowforge_domain::run::stream_id(run_id), 1)
         .await?;
     if events.is_empty() || events.iter().any(|e| e.tenant_id() != caller.tenant()) {
+        return Err(ApiError::not_found(format!("no run `{id}`")));
+    }
+    let environment = match events[0].decode::<RunEvent>() {
+        Ok(RunEvent::Created(created)) => created.environment,
+        _ => Default::default(),
+    };
+    if !caller.sees(environment) {
+        // Kept apart like another tenant's: indistinguishable from a missing run.
         return Err(ApiError::not_found(format!("no run `{id}`")));
     }
     Ok((run_id, events))
@@ -276,6 +285,7 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
         "function_id": function.as_ref().map(|f| f.function_id.clone()),
         "function_version": function.as_ref().map(|f| f.version),
         "app_id": function.as_ref().map(|f| f.app_id.clone()),
+        "environment": state.environment,
         "created_at": state.created_at.map(|t| t.to_rfc3339()),
         "started_at": state.started_at.map(|t| t.to_rfc3339()),
         "finished_at": state.finished_at.map(|t| t.to_rfc3339()),
@@ -440,10 +450,11 @@ pub async fn replay(
     let Some(function_ref) = run.function.clone() else {
         return Err(ApiError::not_found(format!("no run `{id}`")));
     };
-    // Replays run the function as the app serves it now.
+    // Replays run the function as the app serves it now, in the run's environment.
+    let space = flowforge_engine::Space::new(caller.tenant(), run.environment);
     let function = engine
         .registry
-        .current(caller.tenant(), &function_ref.function_id)
+        .current(&space, &function_ref.function_id)
         .ok_or_else(|| {
             ApiError::conflict(format!(
                 "function `{}` is no longer registered",
@@ -463,13 +474,14 @@ pub async fn replay(
         backoff: engine.config.backoff,
         replay_of: Some(original),
         parent: None,
+        environment: run.environment,
         at: Utc::now(),
     });
     engine
         .commands
         .handle::<Run>(
             &flowforge_domain::run::stream_id(run_id),
-            &caller.metadata(),
+            &caller.metadata().in_environment(run.environment),
             || command.clone(),
         )
         .await

@@ -15,6 +15,8 @@ pub struct EventsProjection;
 pub struct EventRow {
     pub stream_id: String,
     pub tenant_id: String,
+    /// `live` or `test`.
+    pub environment: String,
     pub id: String,
     pub name: String,
     /// JSON text.
@@ -30,6 +32,7 @@ impl Document for EventRow {
     const COLUMNS: &'static [&'static str] = &[
         "stream_id",
         "tenant_id",
+        "environment",
         "id",
         "name",
         "data",
@@ -47,6 +50,7 @@ impl Document for EventRow {
         vec![
             self.stream_id.as_str().into(),
             self.tenant_id.as_str().into(),
+            self.environment.as_str().into(),
             self.id.as_str().into(),
             self.name.as_str().into(),
             self.data.as_str().into(),
@@ -61,6 +65,7 @@ impl Document for EventRow {
         Ok(Self {
             stream_id: row.try_get("stream_id")?,
             tenant_id: row.try_get("tenant_id")?,
+            environment: row.try_get("environment")?,
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             data: row.try_get("data")?,
@@ -77,7 +82,7 @@ impl DocumentProjection for EventsProjection {
     const NAME: &'static str = "events";
     const TABLE: &'static str = "events";
     const SCHEMA: &'static str = include_str!("schema.sql");
-    const SCHEMA_VERSION: u32 = 1;
+    const SCHEMA_VERSION: u32 = 2;
 
     fn filter(&self) -> LogFilter {
         LogFilter::all().event_types(IncomingEvent::TYPES.iter().copied())
@@ -101,6 +106,7 @@ impl DocumentProjection for EventsProjection {
         Ok(Some(EventRow {
             stream_id: event.stream_id.clone(),
             tenant_id: event.tenant_id().to_owned(),
+            environment: event.metadata.environment().as_str().to_owned(),
             id: received.id,
             name: received.name,
             data: received.data.to_string(),

@@ -1,6 +1,7 @@
 CREATE TABLE {events} (
     stream_id   TEXT   PRIMARY KEY,
     tenant_id   TEXT   NOT NULL,
+    environment TEXT   NOT NULL,
     id          TEXT   NOT NULL,
     name        TEXT   NOT NULL,
     data        TEXT   NOT NULL,
@@ -9,6 +10,6 @@ CREATE TABLE {events} (
     source      TEXT   NOT NULL,
     position    BIGINT NOT NULL
 );
-CREATE INDEX {events}_by_received ON {events} (tenant_id, received_at, stream_id);
-CREATE INDEX {events}_by_id ON {events} (tenant_id, id);
-CREATE INDEX {events}_by_name ON {events} (tenant_id, name, received_at);
+CREATE INDEX {events}_by_received ON {events} (tenant_id, environment, received_at, stream_id);
+CREATE INDEX {events}_by_id ON {events} (tenant_id, environment, id);
+CREATE INDEX {events}_by_name ON {events} (tenant_id, environment, name, received_at);

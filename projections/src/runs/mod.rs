@@ -15,6 +15,8 @@ pub struct RunsProjection;
 pub struct RunRow {
     pub run_id: String,
     pub tenant_id: String,
+    /// `live` or `test`.
+    pub environment: String,
     pub app_id: String,
     pub function_id: String,
     pub function_version: i64,
@@ -40,6 +42,7 @@ impl Document for RunRow {
     const COLUMNS: &'static [&'static str] = &[
         "run_id",
         "tenant_id",
+        "environment",
         "app_id",
         "function_id",
         "function_version",
@@ -67,6 +70,7 @@ impl Document for RunRow {
         vec![
             self.run_id.as_str().into(),
             self.tenant_id.as_str().into(),
+            self.environment.as_str().into(),
             self.app_id.as_str().into(),
             self.function_id.as_str().into(),
             self.function_version.into(),
@@ -91,6 +95,7 @@ impl Document for RunRow {
         Ok(Self {
             run_id: row.try_get("run_id")?,
             tenant_id: row.try_get("tenant_id")?,
+            environment: row.try_get("environment")?,
             app_id: row.try_get("app_id")?,
             function_id: row.try_get("function_id")?,
             function_version: row.try_get("function_version")?,
@@ -121,7 +126,7 @@ impl DocumentProjection for RunsProjection {
     const NAME: &'static str = "runs";
     const TABLE: &'static str = "runs";
     const SCHEMA: &'static str = include_str!("schema.sql");
-    const SCHEMA_VERSION: u32 = 1;
+    const SCHEMA_VERSION: u32 = 2;
 
     fn filter(&self) -> LogFilter {
         LogFilter::all().event_types(RunEvent::TYPES.iter().copied())
@@ -146,6 +151,7 @@ impl DocumentProjection for RunsProjection {
                 RunRow {
                     run_id: created.run_id.to_string(),
                     tenant_id: event.tenant_id().to_owned(),
+                    environment: created.environment.as_str().to_owned(),
                     app_id: created.function.app_id,
                     function_id: created.function.function_id,
                     function_version: i64::from(created.function.version),

@@ -1,6 +1,7 @@
 CREATE TABLE {runs} (
     run_id           TEXT   PRIMARY KEY,
     tenant_id        TEXT   NOT NULL,
+    environment      TEXT   NOT NULL,
     app_id           TEXT   NOT NULL,
     function_id      TEXT   NOT NULL,
     function_version BIGINT NOT NULL,
@@ -19,7 +20,7 @@ CREATE TABLE {runs} (
     stream_version   BIGINT NOT NULL,
     last_position    BIGINT NOT NULL
 );
-CREATE INDEX {runs}_by_created ON {runs} (tenant_id, created_at, run_id);
-CREATE INDEX {runs}_by_status ON {runs} (tenant_id, status, created_at);
-CREATE INDEX {runs}_by_function ON {runs} (tenant_id, function_id, created_at);
-CREATE INDEX {runs}_by_event ON {runs} (tenant_id, event_id);
+CREATE INDEX {runs}_by_created ON {runs} (tenant_id, environment, created_at, run_id);
+CREATE INDEX {runs}_by_status ON {runs} (tenant_id, environment, status, created_at);
+CREATE INDEX {runs}_by_function ON {runs} (tenant_id, environment, function_id, created_at);
+CREATE INDEX {runs}_by_event ON {runs} (tenant_id, environment, event_id);

@@ -210,6 +210,7 @@ pub struct App {
     server_url: String,
     serve_url: String,
     signing_key: Option<String>,
+    signing_key_fallback: Option<String>,
     event_key: String,
     functions: HashMap<String, Function>,
     http: reqwest::Client,
@@ -228,6 +229,7 @@ impl App {
             server_url: server_url.into().trim_end_matches('/').to_owned(),
             serve_url: serve_url.into(),
             signing_key: None,
+            signing_key_fallback: None,
             event_key: "NO_EVENT_KEY_SET".to_owned(),
             functions: HashMap::new(),
             http: reqwest::Client::new(),
@@ -237,6 +239,13 @@ impl App {
     /// Verify the server's signature on every call with this key (and sign sync calls).
     pub fn signing_key(mut self, key: impl Into<String>) -> Self {
         self.signing_key = Some(key.into());
+        self
+    }
+
+    /// During a key rotation: the previous key, also accepted on the server's calls
+    /// (as `INNGEST_SIGNING_KEY_FALLBACK` is for Inngest's SDKs).
+    pub fn signing_key_fallback(mut self, key: impl Into<String>) -> Self {
+        self.signing_key_fallback = Some(key.into());
         self
     }
 

@@ -76,13 +76,17 @@ async fn call(
     body: Bytes,
 ) -> Response {
     if let Some(key) = &app.signing_key
-        && !signature_valid(
-            headers
-                .get("x-inngest-signature")
-                .and_then(|v| v.to_str().ok()),
-            &body,
-            key,
-        )
+        && !std::iter::once(key)
+            .chain(app.signing_key_fallback.iter())
+            .any(|key| {
+                signature_valid(
+                    headers
+                        .get("x-inngest-signature")
+                        .and_then(|v| v.to_str().ok()),
+                    &body,
+                    key,
+                )
+            })
     {
         return json_response(
             StatusCode::UNAUTHORIZED,
