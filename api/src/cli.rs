@@ -245,6 +245,12 @@ struct CreateAdminArgs {
 
 #[derive(Args, Debug)]
 struct DevArgs {
+    /// A folder of Python functions to serve (with the Python SDK, restarted when a file
+    /// changes), e.g. `flowforge dev .`
+    dir: Option<PathBuf>,
+    /// The URL of an app you already run (its SDK endpoint): asked to sync. Repeatable.
+    #[arg(short = 'u', long = "url")]
+    urls: Vec<String>,
     /// Address to listen on. Loopback by default: dev mode is for one developer.
     #[arg(long, env = "FLOWFORGE_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -438,7 +444,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 inngest_keys: args.engine.inngest_keys(),
                 auth,
             };
-            run_server(config).await
+            let apps = DevApps {
+                dir: args.dir,
+                urls: args.urls,
+                data_dir: data_dir_of(&config),
+            };
+            run_server(config, Some(apps)).await
         }
         Command::Serve(args) => {
             let Some(_) = &args.storage.database_url else {
@@ -481,7 +492,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 inngest_keys: args.engine.inngest_keys(),
                 auth,
             };
-            run_server(config).await
+            run_server(config, None).await
         }
         Command::CreateAdmin(args) => {
             let platform = Platform::open(tool_config(&args.storage)?).await?;
@@ -529,7 +540,21 @@ fn tool_config(storage: &StorageArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn run_server(config: Config) -> anyhow::Result<()> {
+/// The apps `flowforge dev` starts or syncs once it listens.
+struct DevApps {
+    dir: Option<PathBuf>,
+    urls: Vec<String>,
+    data_dir: PathBuf,
+}
+
+fn data_dir_of(config: &Config) -> PathBuf {
+    match &config.storage {
+        Storage::Sqlite { data_dir, .. } => data_dir.clone(),
+        Storage::Postgres { .. } => PathBuf::from(".flowforge"),
+    }
+}
+
+async fn run_server(config: Config, apps: Option<DevApps>) -> anyhow::Result<()> {
     let described = config.storage.describe();
     let mode = config.mode;
     let (listener, addr) = crate::http::bind(&config.host, config.port)
@@ -543,6 +568,34 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port.
     println!("FlowForge {mode} listening on http://{addr} ({described})");
     tracing::info!(%addr, storage = %described, mode, "listening");
+    if let Some(apps) = apps {
+        // Apps reach the server on loopback when it listens on every address.
+        let server_url = match addr.ip().is_unspecified() {
+            true => format!("http://127.0.0.1:{}", addr.port()),
+            false => format!("http://{addr}"),
+        };
+        println!("  API:       {server_url}/api/v1  (OpenAPI at {server_url}/api/v1/openapi.json)");
+        println!("  Events:    flowforge send NAME -d '{{...}}'");
+        if let Some(dir) = apps.dir {
+            let dir = dir.canonicalize().unwrap_or(dir);
+            if crate::dev_apps::holds_python(&dir) {
+                println!("  Functions: the Python functions in {}", dir.display());
+                tokio::spawn(crate::dev_apps::supervise_python(
+                    dir,
+                    server_url.clone(),
+                    apps.data_dir,
+                ));
+            } else {
+                eprintln!(
+                    "flowforge dev: no Python files in {}; serving no functions from it",
+                    dir.display()
+                );
+            }
+        }
+        if !apps.urls.is_empty() {
+            tokio::spawn(crate::dev_apps::sync_urls(apps.urls));
+        }
+    }
     crate::http::serve(platform, listener, crate::http::shutdown_signal()).await
 }
 

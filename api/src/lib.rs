@@ -10,6 +10,7 @@ pub mod caller;
 pub mod cli;
 mod client_cli;
 pub mod config;
+mod dev_apps;
 pub mod error;
 pub mod http;
 pub mod platform;

@@ -265,6 +265,23 @@ impl SdkApp {
         server_url: &str,
         build: impl FnOnce(String, String) -> flowforge_sdk::App,
     ) -> Self {
+        let (served, app) = Self::serve(server_url, build).await;
+        app.register().await.expect("register the app");
+        served
+    }
+
+    /// An app that waits to be asked to sync (a `PUT` on its endpoint).
+    pub async fn start_unregistered(
+        server_url: &str,
+        build: impl FnOnce(String, String) -> flowforge_sdk::App,
+    ) -> Self {
+        Self::serve(server_url, build).await.0
+    }
+
+    async fn serve(
+        server_url: &str,
+        build: impl FnOnce(String, String) -> flowforge_sdk::App,
+    ) -> (Self, flowforge_sdk::App) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the app");
@@ -275,11 +292,13 @@ impl SdkApp {
         let handle = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        app.register().await.expect("register the app");
-        Self {
-            url: serve_url,
-            handle,
-        }
+        (
+            Self {
+                url: serve_url,
+                handle,
+            },
+            app,
+        )
     }
 }
 
