@@ -7,12 +7,14 @@
 //! depend on this one, never the other way round.
 
 pub mod access;
+pub mod admission;
 pub mod api_key;
 pub mod app;
 pub mod decider;
 pub mod duration;
 pub mod environment;
 pub mod event;
+pub mod flow_control;
 pub mod metadata;
 pub mod run;
 pub mod signing_key;

@@ -260,6 +260,34 @@ pub struct RunCancelled {
     pub at: DateTime<Utc>,
 }
 
+/// Why flow control decided a run does not execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The function's rate limit for the key was reached.
+    RateLimited,
+    /// A run with the same idempotency key ran within the last 24 hours.
+    Idempotent,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::RateLimited => "rate_limited",
+            SkipReason::Idempotent => "idempotent",
+        }
+    }
+}
+
+/// The run was created and, by a flow-control decision, never executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSkipped {
+    pub reason: SkipReason,
+    /// The decision in words (the limit, the period, the key).
+    pub detail: String,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum RunEvent {
@@ -296,6 +324,8 @@ pub enum RunEvent {
     Failed(RunFailed),
     #[serde(rename = "run.cancelled")]
     Cancelled(RunCancelled),
+    #[serde(rename = "run.skipped")]
+    Skipped(RunSkipped),
 }
 
 impl RunEvent {
@@ -313,6 +343,7 @@ impl RunEvent {
         "run.completed",
         "run.failed",
         "run.cancelled",
+        "run.skipped",
     ];
 }
 
@@ -333,6 +364,7 @@ impl DomainEvent for RunEvent {
             RunEvent::Completed(_) => "run.completed",
             RunEvent::Failed(_) => "run.failed",
             RunEvent::Cancelled(_) => "run.cancelled",
+            RunEvent::Skipped(_) => "run.skipped",
         }
     }
 }
@@ -350,13 +382,15 @@ pub enum RunStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Flow control decided it never executes (see [`SkipReason`]).
+    Skipped,
 }
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped
         )
     }
 
@@ -368,6 +402,7 @@ impl RunStatus {
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Skipped => "skipped",
         }
     }
 }
@@ -416,6 +451,8 @@ pub struct DueCall {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunState {
     pub status: RunStatus,
+    /// Why flow control skipped the run, when it did.
+    pub skipped: Option<SkipReason>,
     pub run_id: Option<Uuid>,
     pub function: Option<FunctionRef>,
     pub environment: Environment,
@@ -459,6 +496,7 @@ impl Default for RunState {
     fn default() -> Self {
         Self {
             status: RunStatus::New,
+            skipped: None,
             run_id: None,
             function: None,
             environment: Environment::Live,
@@ -573,6 +611,8 @@ pub struct CreateRun {
     pub replay_of: Option<Uuid>,
     pub parent: Option<ParentLink>,
     pub environment: Environment,
+    /// Flow control decided the run does not execute: it is recorded, and skipped.
+    pub skip: Option<(SkipReason, String)>,
     pub at: DateTime<Utc>,
 }
 
@@ -823,6 +863,10 @@ impl Decider for Run {
                 state.finish(RunStatus::Failed, e.at);
             }
             RunEvent::Cancelled(e) => state.finish(RunStatus::Cancelled, e.at),
+            RunEvent::Skipped(e) => {
+                state.skipped = Some(e.reason);
+                state.finish(RunStatus::Skipped, e.at);
+            }
         }
         state
     }
@@ -915,7 +959,7 @@ fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, R
             "a run needs at least one triggering event",
         ));
     }
-    Ok(vec![RunEvent::Created(RunCreated {
+    let created = RunEvent::Created(RunCreated {
         run_id: create.run_id,
         function: create.function,
         events: create.events,
@@ -925,7 +969,18 @@ fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, R
         replay_of: create.replay_of,
         parent: create.parent,
         environment: create.environment,
-    })])
+    });
+    Ok(match create.skip {
+        None => vec![created],
+        Some((reason, detail)) => vec![
+            created,
+            RunEvent::Skipped(RunSkipped {
+                reason,
+                detail,
+                at: create.at,
+            }),
+        ],
+    })
 }
 
 fn completed(
@@ -1252,11 +1307,48 @@ mod tests {
                 replay_of: None,
                 parent: None,
                 environment: Environment::Live,
+                skip: None,
                 at: t(0),
             }))
             .then([created()]);
         assert_eq!(state.status, RunStatus::Queued);
         assert_eq!(state.due[&CallTarget::Discovery].token, 1);
+    }
+
+    #[test]
+    fn a_run_flow_control_skips_is_recorded_finished_with_nothing_due() {
+        let skipped = RunEvent::Skipped(RunSkipped {
+            reason: SkipReason::RateLimited,
+            detail: "1 run per 1m for key a".into(),
+            at: t(0),
+        });
+        let state = Spec::given([])
+            .when(RunCommand::Create(CreateRun {
+                run_id: run_id(),
+                function: function(),
+                events: vec![json!({"name": "order/created", "data": {"total": 10}})],
+                max_attempts: 3,
+                backoff: BackoffPolicy {
+                    initial_ms: 100,
+                    max_ms: 1_000,
+                },
+                replay_of: None,
+                parent: None,
+                environment: Environment::Live,
+                skip: Some((SkipReason::RateLimited, "1 run per 1m for key a".into())),
+                at: t(0),
+            }))
+            .then([created(), skipped.clone()]);
+        assert_eq!(state.status, RunStatus::Skipped);
+        assert!(state.status.is_terminal());
+        assert_eq!(state.skipped, Some(SkipReason::RateLimited));
+        assert!(state.due.is_empty(), "a skipped run makes no call");
+        let payload = skipped.to_payload();
+        assert_eq!(payload["reason"], "rate_limited");
+        assert_eq!(
+            RunEvent::from_stored("run.skipped", payload).unwrap(),
+            skipped
+        );
     }
 
     #[test]
@@ -1271,6 +1363,7 @@ mod tests {
                 replay_of: None,
                 parent: None,
                 environment: Environment::Live,
+                skip: None,
                 at: t(0),
             }))
             .then_error(|e| *e == RunError::AlreadyExists);
@@ -1288,6 +1381,7 @@ mod tests {
                 replay_of: None,
                 parent: None,
                 environment: Environment::Live,
+                skip: None,
                 at: t(0),
             }))
             .then_error(|e| matches!(e, RunError::Invalid(_)));

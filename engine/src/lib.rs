@@ -10,6 +10,7 @@
 //! outstanding work from the log, and the Run decider refuses stale work, so a crash
 //! anywhere loses nothing and repeats nothing that was recorded.
 
+pub mod admission;
 pub mod ai_gateway;
 pub mod cron;
 pub mod executor;

@@ -543,6 +543,26 @@ impl Scheduler {
         let Some(function) = state.function.clone() else {
             return;
         };
+        if state.status == RunStatus::Skipped {
+            // Never executed: nothing to announce; a parent that invoked it learns why.
+            if let Some(parent) = state.parent.clone() {
+                let reason = state.skipped.map_or("skipped", |r| r.as_str());
+                self.command(
+                    position,
+                    space,
+                    parent.run_id,
+                    RunCommand::ResolveInvoke {
+                        step_id: parent.step_id,
+                        result: Err(StepError::new(
+                            "FunctionSkipped",
+                            format!("the invoked function was skipped ({reason})"),
+                        )),
+                        at: Utc::now(),
+                    },
+                );
+            }
+            return;
+        }
         let event = state.events.first().cloned().unwrap_or(Value::Null);
         let (result_key, result) = match (&state.output, &state.error) {
             (Some(output), _) => ("result", output.clone()),
@@ -722,6 +742,10 @@ impl Scheduler {
                     "InngestInvokeCancelledError",
                     "the invoked function was cancelled",
                 )),
+                RunStatus::Skipped => Err(StepError::new(
+                    "FunctionSkipped",
+                    "the invoked function was skipped by its flow control",
+                )),
             };
             run_command(
                 &context,
@@ -766,9 +790,78 @@ impl Scheduler {
             replay_of,
             parent,
             environment: space.environment,
+            skip: None,
             at: Utc::now(),
         });
         self.command(position, space, run_id, command);
+    }
+
+    /// Creates a run whose function limits how many runs start (rate limit,
+    /// idempotency): each limit's admission is decided first, and a run refused by one
+    /// is created skipped, with the reason.
+    fn create_admitted_run(
+        &mut self,
+        position: u64,
+        space: &Space,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        event: Value,
+        gates: Vec<crate::admission::Gate>,
+    ) {
+        let context = self.context.clone();
+        let meta = metadata(space);
+        let space = space.clone();
+        let function = function.clone();
+        let app_id = self
+            .context
+            .registry
+            .app_of(&space, &function.spec.id)
+            .unwrap_or_default();
+        self.effect(position, async move {
+            let stream = flowforge_domain::run::stream_id(run_id);
+            // Decided before (this event is read again after a restart): keep it.
+            let recorded = context
+                .store
+                .read_stream(&stream, 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !recorded.is_empty() {
+                return Ok(());
+            }
+            let mut skip = None;
+            for gate in &gates {
+                if let Some(refused) = crate::admission::admit(
+                    &context,
+                    &meta,
+                    &space,
+                    &function.spec.id,
+                    run_id,
+                    gate,
+                )
+                .await?
+                {
+                    skip = Some(refused);
+                    break;
+                }
+            }
+            let command = RunCommand::Create(CreateRun {
+                run_id,
+                function: FunctionRef {
+                    app_id,
+                    function_id: function.spec.id.clone(),
+                    version: function.version,
+                },
+                events: vec![event],
+                max_attempts: function.spec.max_attempts.max(1),
+                backoff: context.config.backoff,
+                replay_of: None,
+                parent: None,
+                environment: space.environment,
+                skip,
+                at: Utc::now(),
+            });
+            run_command(&context, &meta, run_id, command).await
+        });
     }
 
     /// Runs a command on a run as an effect of the event at `position`. Refusals that
@@ -830,15 +923,32 @@ impl Scheduler {
                 continue;
             }
             let run_id = ids::run_for_event(&stored.stream_id, &function.spec.id);
-            self.create_run(
-                position,
-                &space,
-                run_id,
+            let gates = crate::admission::gates(
+                &self.context.expressions,
                 &function,
-                vec![event_json.clone()],
-                None,
-                None,
+                &event_json,
+                received.received_at,
             );
+            if gates.is_empty() {
+                self.create_run(
+                    position,
+                    &space,
+                    run_id,
+                    &function,
+                    vec![event_json.clone()],
+                    None,
+                    None,
+                );
+            } else {
+                self.create_admitted_run(
+                    position,
+                    &space,
+                    run_id,
+                    &function,
+                    event_json.clone(),
+                    gates,
+                );
+            }
         }
 
         // 2. Waits for this event.

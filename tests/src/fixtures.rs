@@ -29,6 +29,7 @@ pub fn create(run_id: Uuid, function: &str) -> RunCommand {
         replay_of: None,
         parent: None,
         environment: Default::default(),
+        skip: None,
         at: Utc::now(),
     })
 }

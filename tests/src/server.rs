@@ -202,7 +202,7 @@ impl Api {
             if status == 200
                 && matches!(
                     run["status"].as_str(),
-                    Some("completed" | "failed" | "cancelled")
+                    Some("completed" | "failed" | "cancelled" | "skipped")
                 )
             {
                 return run;

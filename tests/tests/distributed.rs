@@ -602,6 +602,68 @@ async fn runs_survive_a_postgres_restart() {
     assert_each_ran_once(&api, &sent, 3, Duration::from_secs(120)).await;
 }
 
+/// A rate limit of one run per minute per key holds with two processes taking events
+/// (as behind a load balancer) and sharing the work: one run per key, the rest skipped
+/// with the reason in the run list.
+async fn a_rate_limit_holds_across_processes() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut first = ServerProcess::for_backend(&backend);
+    first.with_nats(&nats.url, &nats.prefix, "one");
+    let mut second = ServerProcess::for_backend(&backend);
+    second.with_nats(&nats.url, &nats.prefix, "two");
+    first.start().await;
+    second.start().await;
+    let _app = SdkApp::start_for(&first, |server, serve| {
+        App::new("limited", server, serve).function(
+            Function::new("notify")
+                .trigger_event("dist/notify")
+                .flow_control(
+                    "rateLimit",
+                    json!({"limit": 1, "period": "1m", "key": "event.data.user"}),
+                )
+                .handler(|ctx, _step| async move { Ok(ctx.event["data"]["user"].clone()) }),
+        )
+    })
+    .await;
+    let (one, two) = (first.api(), second.api());
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let user = if i % 4 == 3 { "bob" } else { "ann" };
+        let api = if i % 2 == 0 { &one } else { &two };
+        sent.push((user, api.send("dist/notify", json!({"user": user})).await));
+    }
+    let mut by_user: HashMap<&str, Vec<String>> = HashMap::new();
+    for (user, event_id) in &sent {
+        let runs = one
+            .runs_of_event(event_id, 1, Duration::from_secs(60))
+            .await;
+        let run = one.finished_run(&runs[0], Duration::from_secs(60)).await;
+        if run["status"] == "skipped" {
+            assert_eq!(run["skipped"]["reason"], "rate_limited", "{run}");
+        }
+        by_user
+            .entry(user)
+            .or_default()
+            .push(run["status"].as_str().unwrap().to_owned());
+    }
+    for (user, statuses) in &by_user {
+        let completed = statuses.iter().filter(|s| *s == "completed").count();
+        let skipped = statuses.iter().filter(|s| *s == "skipped").count();
+        assert_eq!(
+            (completed, skipped),
+            (1, statuses.len() - 1),
+            "{user}: {statuses:?}"
+        );
+    }
+    assert_eq!(by_user["ann"].len(), 9);
+    assert_eq!(by_user["bob"].len(), 3);
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -623,5 +685,6 @@ mod production {
         runs_survive_a_kill_loop,
         runs_survive_a_postgres_restart,
         the_scheduler_fails_over_when_its_process_dies,
+        a_rate_limit_holds_across_processes,
     );
 }

@@ -13,6 +13,7 @@ use flowforge_commands::CommandError;
 use flowforge_domain::app::{
     App, AppError, CancelRule, FunctionSpec, FunctionVersion, SyncApp, Trigger,
 };
+use flowforge_domain::flow_control::FlowControl;
 use flowforge_domain::run::{CreateRun, FunctionRef, Run, RunCommand, RunEvent};
 use flowforge_engine::expr::Expressions;
 use serde::Deserialize;
@@ -23,7 +24,8 @@ use super::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
 
-/// Flow-control settings kept verbatim from the sync (enforced in a later version).
+/// Flow-control settings, checked (`domain::flow_control`) and kept verbatim from the
+/// sync (enforced in a later version).
 const FLOW_CONTROL_KEYS: &[&str] = &[
     "concurrency",
     "throttle",
@@ -179,6 +181,14 @@ fn parse_function(
             expression,
             timeout,
         });
+    }
+    // Refused now rather than found impossible when a run needs them.
+    let control = FlowControl::parse(f).map_err(|e| {
+        ApiError::invalid_field(at(&e.field), format!("function `{id}`: {}", e.message))
+    })?;
+    for (field, expression) in control.expressions() {
+        Expressions::validate(expression)
+            .map_err(|e| ApiError::invalid_field(at(&field), format!("function `{id}`: {e}")))?;
     }
     let flow_control: Map<String, Value> = FLOW_CONTROL_KEYS
         .iter()
@@ -367,6 +377,7 @@ pub async fn invoke(
         replay_of: None,
         parent: None,
         environment: caller.environment,
+        skip: None,
         at: Utc::now(),
     });
     engine
@@ -456,6 +467,30 @@ mod tests {
         assert_eq!(f.cancel[0].timeout.as_deref(), Some("1h"));
         assert_eq!(f.flow_control["concurrency"][0]["limit"], 2);
         assert_eq!(f.flow_control["debounce"]["period"], "10s");
+    }
+
+    #[test]
+    fn impossible_flow_control_is_refused_at_sync_naming_the_function_and_field() {
+        let mut body = python_sdk_sync();
+        body["functions"][0]["concurrency"][0]["limit"] = json!(-1);
+        let error = parse_sync(&body, 4).unwrap_err();
+        assert_eq!(
+            error.body.field.as_deref(),
+            Some("functions[0].concurrency[0].limit")
+        );
+        assert!(error.body.message.contains("my-app-hello"), "{error:?}");
+        let mut body = python_sdk_sync();
+        body["functions"][0]["concurrency"][0]["key"] = json!("event.data.");
+        assert_eq!(
+            parse_sync(&body, 4).unwrap_err().body.field.as_deref(),
+            Some("functions[0].concurrency[0].key")
+        );
+        let mut body = python_sdk_sync();
+        body["functions"][0]["rateLimit"] = json!({"limit": 1, "period": "3d"});
+        assert_eq!(
+            parse_sync(&body, 4).unwrap_err().body.field.as_deref(),
+            Some("functions[0].rateLimit.period")
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl From<RunStatus> for FunctionRunStatus {
             RunStatus::Running => FunctionRunStatus::Running,
             RunStatus::Completed => FunctionRunStatus::Completed,
             RunStatus::Failed => FunctionRunStatus::Failed,
-            RunStatus::Cancelled => FunctionRunStatus::Cancelled,
+            // The protocol's statuses have no "skipped": to an SDK polling for the
+            // outcome, a run flow control skipped ended without running, as if cancelled.
+            RunStatus::Cancelled | RunStatus::Skipped => FunctionRunStatus::Cancelled,
         }
     }
 }

@@ -54,6 +54,7 @@ pub fn row_json(row: &RunRow) -> Value {
         "error": row.error.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()),
         "replay_of": row.replay_of,
         "parent_run_id": row.parent_run_id,
+        "skipped": row.skip_reason.as_ref().map(|reason| json!({"reason": reason, "detail": row.skip_detail})),
     })
 }
 
@@ -61,7 +62,7 @@ pub fn row_json(row: &RunRow) -> Value {
 pub struct ListRuns {
     /// Function id.
     pub function: Option<String>,
-    /// One status or several, comma-separated: queued, running, completed, failed, cancelled.
+    /// One status or several, comma-separated: queued, running, completed, failed, cancelled, skipped.
     pub status: Option<String>,
     /// The triggering event's id.
     pub event: Option<String>,
@@ -88,7 +89,14 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError>
         })
 }
 
-const STATUSES: &[&str] = &["queued", "running", "completed", "failed", "cancelled"];
+const STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
+];
 
 /// `GET /api/v1/runs`: newest first, filtered, cursor-paginated.
 pub async fn list(
@@ -267,7 +275,8 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
             RunEvent::Created(_)
             | RunEvent::Completed(_)
             | RunEvent::Failed(_)
-            | RunEvent::Cancelled(_) => {}
+            | RunEvent::Cancelled(_)
+            | RunEvent::Skipped(_) => {}
         }
         state = Run::evolve(state, &event);
     }
@@ -279,6 +288,10 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
             Ok(RunEvent::Cancelled(c)) => Some(c.reason),
             _ => None,
         });
+    let skipped = events.iter().find_map(|e| match e.decode::<RunEvent>() {
+        Ok(RunEvent::Skipped(s)) => Some(json!({"reason": s.reason, "detail": s.detail})),
+        _ => None,
+    });
     Ok(json!({
         "id": run_id,
         "status": state.status.as_str(),
@@ -294,6 +307,7 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
         "output": state.output,
         "error": state.error,
         "cancel_reason": cancelled,
+        "skipped": skipped,
         "replay_of": state.replay_of,
         "parent": state.parent,
         "max_attempts": state.max_attempts,
@@ -475,6 +489,7 @@ pub async fn replay(
         replay_of: Some(original),
         parent: None,
         environment: run.environment,
+        skip: None,
         at: Utc::now(),
     });
     engine

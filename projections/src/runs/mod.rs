@@ -34,6 +34,9 @@ pub struct RunRow {
     pub error: Option<String>,
     pub replay_of: Option<String>,
     pub parent_run_id: Option<String>,
+    /// Why flow control skipped the run (`rate_limited`, `idempotent`), and in words.
+    pub skip_reason: Option<String>,
+    pub skip_detail: Option<String>,
     pub stream_version: i64,
     pub last_position: i64,
 }
@@ -58,6 +61,8 @@ impl Document for RunRow {
         "error",
         "replay_of",
         "parent_run_id",
+        "skip_reason",
+        "skip_detail",
         "stream_version",
         "last_position",
     ];
@@ -86,6 +91,8 @@ impl Document for RunRow {
             self.error.clone().into(),
             self.replay_of.clone().into(),
             self.parent_run_id.clone().into(),
+            self.skip_reason.clone().into(),
+            self.skip_detail.clone().into(),
             self.stream_version.into(),
             self.last_position.into(),
         ]
@@ -111,6 +118,8 @@ impl Document for RunRow {
             error: row.try_get("error")?,
             replay_of: row.try_get("replay_of")?,
             parent_run_id: row.try_get("parent_run_id")?,
+            skip_reason: row.try_get("skip_reason")?,
+            skip_detail: row.try_get("skip_detail")?,
             stream_version: row.try_get("stream_version")?,
             last_position: row.try_get("last_position")?,
         })
@@ -126,7 +135,7 @@ impl DocumentProjection for RunsProjection {
     const NAME: &'static str = "runs";
     const TABLE: &'static str = "runs";
     const SCHEMA: &'static str = include_str!("schema.sql");
-    const SCHEMA_VERSION: u32 = 2;
+    const SCHEMA_VERSION: u32 = 3;
 
     fn filter(&self) -> LogFilter {
         LogFilter::all().event_types(RunEvent::TYPES.iter().copied())
@@ -173,6 +182,8 @@ impl DocumentProjection for RunsProjection {
                     error: None,
                     replay_of: created.replay_of.map(|r| r.to_string()),
                     parent_run_id: created.parent.map(|p| p.run_id.to_string()),
+                    skip_reason: None,
+                    skip_detail: None,
                     stream_version: 0,
                     last_position: 0,
                 }
@@ -219,6 +230,12 @@ impl DocumentProjection for RunsProjection {
                     RunEvent::Cancelled(cancelled) => {
                         row.status = RunStatus::Cancelled.as_str().to_owned();
                         row.finished_at = Some(cancelled.at.timestamp_millis());
+                    }
+                    RunEvent::Skipped(skipped) => {
+                        row.status = RunStatus::Skipped.as_str().to_owned();
+                        row.skip_reason = Some(skipped.reason.as_str().to_owned());
+                        row.skip_detail = Some(skipped.detail);
+                        row.finished_at = Some(skipped.at.timestamp_millis());
                     }
                 }
                 row

@@ -17,6 +17,8 @@ CREATE TABLE {runs} (
     error            TEXT,
     replay_of        TEXT,
     parent_run_id    TEXT,
+    skip_reason      TEXT,
+    skip_detail      TEXT,
     stream_version   BIGINT NOT NULL,
     last_position    BIGINT NOT NULL
 );

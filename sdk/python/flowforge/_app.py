@@ -117,7 +117,10 @@ def function(*, id: str, trigger: dict[str, Any] | list[dict[str, Any]],
     if priority is not None:
         config["priority"] = _limit(priority, "priority")
     if batch_events is not None:
-        config["batchEvents"] = _with_period(_limit(batch_events, "batch_events"))
+        batch = _with_period(_limit(batch_events, "batch_events"))
+        if "max_size" in batch:
+            batch["maxSize"] = batch.pop("max_size")
+        config["batchEvents"] = batch
     if timeouts is not None:
         config["timeouts"] = {k: to_text(v) for k, v in timeouts.items()}
     if cancel_on is not None:

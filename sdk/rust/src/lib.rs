@@ -115,6 +115,8 @@ pub struct Function {
     triggers: Vec<TriggerSpec>,
     retries: Option<u32>,
     cancel: Vec<CancelSpec>,
+    /// Flow-control settings in the protocol's shape (`rateLimit`, `concurrency`, …).
+    flow_control: serde_json::Map<String, Value>,
     handler: Option<Handler>,
 }
 
@@ -127,8 +129,17 @@ impl Function {
             triggers: Vec::new(),
             retries: None,
             cancel: Vec::new(),
+            flow_control: serde_json::Map::new(),
             handler: None,
         }
+    }
+
+    /// A flow-control setting as the protocol writes it, e.g.
+    /// `.flow_control("rateLimit", json!({"limit": 1, "period": "1m", "key": "event.data.user"}))`
+    /// or `.flow_control("idempotency", json!("event.data.order_id"))`.
+    pub fn flow_control(mut self, setting: &str, value: Value) -> Self {
+        self.flow_control.insert(setting.to_owned(), value);
+        self
     }
 
     pub fn name(mut self, name: impl Into<String>) -> Self {

@@ -199,13 +199,17 @@ pub async fn register(app: &App) -> Result<Value, Error> {
             if let Some(retries) = f.retries {
                 step["retries"] = json!({"attempts": retries});
             }
-            json!({
+            let mut function = json!({
                 "id": full_id,
                 "name": f.name.clone().unwrap_or_else(|| f.id.clone()),
                 "triggers": f.triggers,
                 "cancel": f.cancel,
                 "steps": {"step": step},
-            })
+            });
+            if let Some(map) = function.as_object_mut() {
+                map.extend(f.flow_control.clone());
+            }
+            function
         })
         .collect();
     let body = json!({

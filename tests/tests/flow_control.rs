@@ -1,0 +1,177 @@
+//! Flow control end to end: settings checked at sync, and the limits on how many runs
+//! start (rate limit per key, idempotency) decided from the log, with every skipped
+//! run listed with its reason. The real server and a real app, on SQLite and
+//! PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use flowforge_sdk::{App, Function};
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::server::{Api, SdkApp, TestServer};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn app(server: String, serve: String) -> App {
+    App::new("limits", server, serve)
+        .function(
+            Function::new("notify")
+                .trigger_event("fc/notify")
+                .flow_control(
+                    "rateLimit",
+                    json!({"limit": 1, "period": "1m", "key": "event.data.user"}),
+                )
+                .handler(|ctx, _step| async move { Ok(ctx.event["data"]["n"].clone()) }),
+        )
+        .function(
+            Function::new("charge")
+                .trigger_event("fc/charge")
+                .flow_control("idempotency", json!("event.data.order_id"))
+                .handler(|ctx, _step| async move { Ok(ctx.event["data"]["order_id"].clone()) }),
+        )
+}
+
+/// Sends each event (in order) and answers the one run each started, finished.
+async fn runs_of(api: &Api, name: &str, data: &[Value]) -> Vec<Value> {
+    let mut runs = Vec::new();
+    for d in data {
+        let id = api.send(name, d.clone()).await;
+        let run_id = api.runs_of_event(&id, 1, TIMEOUT).await.remove(0);
+        runs.push(api.finished_run(&run_id, TIMEOUT).await);
+    }
+    runs
+}
+
+fn statuses(runs: &[Value]) -> Vec<&str> {
+    runs.iter().map(|r| r["status"].as_str().unwrap()).collect()
+}
+
+async fn a_rate_limit_skips_runs_beyond_it_per_key_and_says_why(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, app).await;
+
+    let runs = runs_of(
+        &api,
+        "fc/notify",
+        &[
+            json!({"user": "ann", "n": 1}),
+            json!({"user": "ann", "n": 2}),
+            json!({"user": "bob", "n": 3}),
+            json!({"user": "ann", "n": 4}),
+        ],
+    )
+    .await;
+    assert_eq!(
+        statuses(&runs),
+        ["completed", "skipped", "completed", "skipped"]
+    );
+    assert_eq!(runs[0]["output"], 1);
+    assert_eq!(runs[2]["output"], 3);
+    let skipped = &runs[1];
+    assert_eq!(skipped["skipped"]["reason"], "rate_limited", "{skipped}");
+    assert!(
+        skipped["skipped"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`ann`"),
+        "{skipped}"
+    );
+    assert_eq!(
+        skipped["attempts"],
+        json!([]),
+        "a skipped run calls nothing"
+    );
+
+    // The run list says the same, from the read model.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, listed) = api.get("/api/v1/runs?status=skipped").await;
+        let items = listed["items"].as_array().unwrap();
+        if items.len() == 2 {
+            assert!(
+                items
+                    .iter()
+                    .all(|r| r["skipped"]["reason"] == "rate_limited"),
+                "{listed}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+async fn idempotency_runs_one_run_per_key(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, app).await;
+    let runs = runs_of(
+        &api,
+        "fc/charge",
+        &[
+            json!({"order_id": "o-1"}),
+            json!({"order_id": "o-1"}),
+            json!({"order_id": "o-2"}),
+        ],
+    )
+    .await;
+    assert_eq!(statuses(&runs), ["completed", "skipped", "completed"]);
+    assert_eq!(runs[1]["skipped"]["reason"], "idempotent", "{}", runs[1]);
+    server.stop().await;
+}
+
+async fn impossible_settings_are_refused_at_sync(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    for (setting, value, field) in [
+        (
+            "concurrency",
+            json!([{"limit": -1}]),
+            "functions[0].concurrency[0].limit",
+        ),
+        (
+            "rateLimit",
+            json!({"limit": 1, "period": "1m", "key": "event.data."}),
+            "functions[0].rateLimit.key",
+        ),
+        (
+            "debounce",
+            json!({"period": "100ms"}),
+            "functions[0].debounce.period",
+        ),
+    ] {
+        let (status, body) = api
+            .post(
+                "/fn/register",
+                &json!({"url": "http://127.0.0.1:9/api", "appname": "bad", "functions": [{
+                    "id": "bad-fn", "name": "fn", "triggers": [{"event": "fc/x"}], setting: value
+                }]}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bad-fn"),
+            "{body}"
+        );
+    }
+    let (_, functions) = api.get("/api/v1/functions").await;
+    assert_eq!(functions["items"], json!([]), "nothing was synced");
+    server.stop().await;
+}
+
+flowforge_tests::on_both_backends!(
+    a_rate_limit_skips_runs_beyond_it_per_key_and_says_why,
+    idempotency_runs_one_run_per_key,
+    impossible_settings_are_refused_at_sync
+);
