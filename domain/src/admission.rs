@@ -222,3 +222,180 @@ mod tests {
         assert_eq!(window_of(t(0), minute) + 1, window_of(t(60), minute));
     }
 }
+
+// ---------------------------------------------------------------- singleton
+
+/// The Singleton aggregate: at most one active run of a function per key. It records
+/// which run holds the key; a holder that has finished gives way to the next claim
+/// (the engine checks the holder's run and says so in the claim), so nothing needs to
+/// be released and a crash can leave nothing locked.
+///
+/// Stream: `singleton-<tenant>:<environment>:<function>:<key digest>`, stream type
+/// `singleton`.
+pub mod singleton {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    use crate::decider::{Decider, DomainEvent};
+    use crate::environment::Environment;
+
+    pub const STREAM_TYPE: &str = "singleton";
+
+    pub fn stream_id(
+        tenant: &str,
+        environment: Environment,
+        function_id: &str,
+        key_digest: &str,
+    ) -> String {
+        format!("singleton-{tenant}:{environment}:{function_id}:{key_digest}")
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    pub enum SingletonEvent {
+        #[serde(rename = "singleton.claimed")]
+        Claimed {
+            run_id: Uuid,
+            key: String,
+            /// The active run this claim cancels (`mode: cancel`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            replaces: Option<Uuid>,
+            at: DateTime<Utc>,
+        },
+    }
+
+    impl DomainEvent for SingletonEvent {
+        const STREAM_TYPE: &'static str = STREAM_TYPE;
+
+        fn event_type(&self) -> &'static str {
+            "singleton.claimed"
+        }
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct SingletonState {
+        pub holder: Option<Uuid>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Claim {
+        pub run_id: Uuid,
+        pub key: String,
+        /// A holder the engine found finished: it gives way.
+        pub finished_holder: Option<Uuid>,
+        /// `mode: cancel`: an active holder is replaced (and cancelled) instead.
+        pub replace_active: bool,
+        pub at: DateTime<Utc>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum SingletonError {
+        #[error("run {0} is active for this key")]
+        Busy(Uuid),
+    }
+
+    #[derive(Debug)]
+    pub struct Singleton;
+
+    impl Decider for Singleton {
+        type State = SingletonState;
+        type Command = Claim;
+        type Event = SingletonEvent;
+        type Error = SingletonError;
+
+        fn initial() -> SingletonState {
+            SingletonState::default()
+        }
+
+        fn evolve(_: SingletonState, event: &SingletonEvent) -> SingletonState {
+            match event {
+                SingletonEvent::Claimed { run_id, .. } => SingletonState {
+                    holder: Some(*run_id),
+                },
+            }
+        }
+
+        fn decide(
+            state: &SingletonState,
+            claim: Claim,
+        ) -> Result<Vec<SingletonEvent>, SingletonError> {
+            let claimed = |replaces| {
+                Ok(vec![SingletonEvent::Claimed {
+                    run_id: claim.run_id,
+                    key: claim.key.clone(),
+                    replaces,
+                    at: claim.at,
+                }])
+            };
+            match state.holder {
+                Some(holder) if holder == claim.run_id => Ok(vec![]),
+                None => claimed(None),
+                Some(holder) if Some(holder) == claim.finished_holder => claimed(None),
+                Some(holder) if claim.replace_active => claimed(Some(holder)),
+                Some(holder) => Err(SingletonError::Busy(holder)),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::decider::spec::DeciderSpec;
+        use chrono::TimeZone;
+
+        fn at() -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap()
+        }
+
+        fn claim(n: u128, finished_holder: Option<u128>, replace_active: bool) -> Claim {
+            Claim {
+                run_id: Uuid::from_u128(n),
+                key: "ann".into(),
+                finished_holder: finished_holder.map(Uuid::from_u128),
+                replace_active,
+                at: at(),
+            }
+        }
+
+        fn claimed(n: u128, replaces: Option<u128>) -> SingletonEvent {
+            SingletonEvent::Claimed {
+                run_id: Uuid::from_u128(n),
+                key: "ann".into(),
+                replaces: replaces.map(Uuid::from_u128),
+                at: at(),
+            }
+        }
+
+        #[test]
+        fn the_first_claim_holds_the_key_and_others_are_refused() {
+            DeciderSpec::<Singleton>::given([])
+                .when(claim(1, None, false))
+                .then([claimed(1, None)]);
+            DeciderSpec::<Singleton>::given([claimed(1, None)])
+                .when(claim(2, None, false))
+                .then_error(|e| *e == SingletonError::Busy(Uuid::from_u128(1)));
+        }
+
+        #[test]
+        fn a_finished_holder_gives_way_but_only_that_one() {
+            DeciderSpec::<Singleton>::given([claimed(1, None)])
+                .when(claim(2, Some(1), false))
+                .then([claimed(2, None)]);
+            // The holder changed since the engine looked: refused, and looked at again.
+            DeciderSpec::<Singleton>::given([claimed(1, None), claimed(3, None)])
+                .when(claim(2, Some(1), false))
+                .then_error(|e| *e == SingletonError::Busy(Uuid::from_u128(3)));
+        }
+
+        #[test]
+        fn cancel_mode_replaces_the_active_run_and_a_repeat_changes_nothing() {
+            DeciderSpec::<Singleton>::given([claimed(1, None)])
+                .when(claim(2, None, true))
+                .then([claimed(2, Some(1))]);
+            DeciderSpec::<Singleton>::given([claimed(1, None)])
+                .when(claim(1, None, false))
+                .then_nothing_happens();
+        }
+    }
+}

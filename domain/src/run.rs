@@ -268,6 +268,8 @@ pub enum SkipReason {
     RateLimited,
     /// A run with the same idempotency key ran within the last 24 hours.
     Idempotent,
+    /// Another run of the function with the same singleton key is active.
+    Singleton,
 }
 
 impl SkipReason {
@@ -275,6 +277,7 @@ impl SkipReason {
         match self {
             SkipReason::RateLimited => "rate_limited",
             SkipReason::Idempotent => "idempotent",
+            SkipReason::Singleton => "singleton",
         }
     }
 }

@@ -26,6 +26,30 @@ fn app(server: String, serve: String) -> App {
                 .handler(|ctx, _step| async move { Ok(ctx.event["data"]["n"].clone()) }),
         )
         .function(
+            Function::new("sync-user")
+                .trigger_event("fc/sync")
+                .flow_control(
+                    "singleton",
+                    json!({"key": "event.data.user", "mode": "skip"}),
+                )
+                .handler(|ctx, step| async move {
+                    step.sleep("work", Duration::from_millis(1_500)).await?;
+                    Ok(ctx.event["data"]["n"].clone())
+                }),
+        )
+        .function(
+            Function::new("refresh")
+                .trigger_event("fc/refresh")
+                .flow_control(
+                    "singleton",
+                    json!({"key": "event.data.user", "mode": "cancel"}),
+                )
+                .handler(|ctx, step| async move {
+                    step.sleep("work", Duration::from_millis(1_500)).await?;
+                    Ok(ctx.event["data"]["n"].clone())
+                }),
+        )
+        .function(
             Function::new("charge")
                 .trigger_event("fc/charge")
                 .flow_control("idempotency", json!("event.data.order_id"))
@@ -124,6 +148,58 @@ async fn idempotency_runs_one_run_per_key(backend: TestBackend) {
     server.stop().await;
 }
 
+/// Starts a run and waits until it is running (sleeping in its step).
+async fn running(api: &Api, name: &str, data: Value) -> String {
+    let id = api.send(name, data).await;
+    let run_id = api.runs_of_event(&id, 1, TIMEOUT).await.remove(0);
+    api.run_until(&run_id, TIMEOUT, |r| r["status"] == "running")
+        .await;
+    run_id
+}
+
+async fn a_singleton_skips_or_replaces_the_active_run_of_its_key(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, app).await;
+
+    // mode: skip — one active run per user; another user is not held up; once the
+    // active run has finished, the key is free again.
+    let first = running(&api, "fc/sync", json!({"user": "ann", "n": 1})).await;
+    let runs = runs_of(
+        &api,
+        "fc/sync",
+        &[
+            json!({"user": "ann", "n": 2}),
+            json!({"user": "bob", "n": 3}),
+        ],
+    )
+    .await;
+    assert_eq!(statuses(&runs), ["skipped", "completed"]);
+    assert_eq!(runs[0]["skipped"]["reason"], "singleton", "{}", runs[0]);
+    let first = api.finished_run(&first, TIMEOUT).await;
+    assert_eq!(
+        (&first["status"], &first["output"]),
+        (&json!("completed"), &json!(1))
+    );
+    let again = runs_of(&api, "fc/sync", &[json!({"user": "ann", "n": 4})]).await;
+    assert_eq!(statuses(&again), ["completed"]);
+
+    // mode: cancel — the new run replaces the active one.
+    let old = running(&api, "fc/refresh", json!({"user": "ann", "n": 5})).await;
+    let new = runs_of(&api, "fc/refresh", &[json!({"user": "ann", "n": 6})]).await;
+    assert_eq!(statuses(&new), ["completed"]);
+    let old = api.finished_run(&old, TIMEOUT).await;
+    assert_eq!(old["status"], "cancelled", "{old}");
+    assert!(
+        old["cancel_reason"]
+            .as_str()
+            .unwrap()
+            .contains(new[0]["id"].as_str().unwrap()),
+        "{old}"
+    );
+    server.stop().await;
+}
+
 async fn impossible_settings_are_refused_at_sync(backend: TestBackend) {
     let server = TestServer::start(&backend).await;
     let api = Api::new(server.url.clone());
@@ -173,5 +249,6 @@ async fn impossible_settings_are_refused_at_sync(backend: TestBackend) {
 flowforge_tests::on_both_backends!(
     a_rate_limit_skips_runs_beyond_it_per_key_and_says_why,
     idempotency_runs_one_run_per_key,
+    a_singleton_skips_or_replaces_the_active_run_of_its_key,
     impossible_settings_are_refused_at_sync
 );
