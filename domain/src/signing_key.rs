@@ -140,6 +140,10 @@ pub enum SigningKeyCommand {
         key_id: String,
         environment: Environment,
         fingerprint: String,
+        /// Whether an environment's first key signs at once. Not when apps already
+        /// hold a key this ring does not (the operator's `FLOWFORGE_SIGNING_KEY`):
+        /// then the first key waits as next, like any other.
+        first_signs_at_once: bool,
         at: DateTime<Utc>,
     },
     Rotate {
@@ -222,6 +226,7 @@ impl Decider for SigningKeyRing {
                 key_id,
                 environment,
                 fingerprint,
+                first_signs_at_once,
                 at,
             } => {
                 if key_id.is_empty()
@@ -245,7 +250,7 @@ impl Decider for SigningKeyRing {
                     fingerprint,
                     at,
                 });
-                if state.current().is_some() {
+                if state.current().is_some() || !first_signs_at_once {
                     return Ok(vec![created]);
                 }
                 // Nothing to rotate from: no app can hold an older key of this ring.
@@ -307,6 +312,7 @@ mod tests {
             key_id: key_id.into(),
             environment: Environment::Live,
             fingerprint: format!("fp-{key_id}"),
+            first_signs_at_once: true,
             at: at(minute),
         }
     }
@@ -336,6 +342,37 @@ mod tests {
             .then([created("k1", 0), activated("k1", None, 0)]);
         assert_eq!(state.current().map(|k| k.key_id.as_str()), Some("k1"));
         assert!(state.accepts("k1", at(59)));
+    }
+
+    #[test]
+    fn a_first_key_waits_as_next_when_apps_hold_another_key() {
+        let command = match create("k1", 0) {
+            SigningKeyCommand::Create {
+                key_id,
+                environment,
+                fingerprint,
+                at,
+                ..
+            } => SigningKeyCommand::Create {
+                key_id,
+                environment,
+                fingerprint,
+                first_signs_at_once: false,
+                at,
+            },
+            other => other,
+        };
+        let state = DeciderSpec::<SigningKeyRing>::given([])
+            .when(command)
+            .then([created("k1", 0)]);
+        assert!(state.current().is_none());
+        // Rotating it in retires nothing the ring knows of.
+        DeciderSpec::<SigningKeyRing>::given([created("k1", 0)])
+            .when(SigningKeyCommand::Rotate {
+                grace: Duration::minutes(5),
+                at: at(1),
+            })
+            .then([activated("k1", None, 1)]);
     }
 
     #[test]

@@ -126,10 +126,18 @@ impl SigningKeys {
         }
     }
 
-    /// Whether any key would sign calls to apps. Without one, calls go unsigned (the
-    /// open development mode).
+    /// Whether the operator configured keys. Without one, calls go unsigned (the open
+    /// development mode).
     pub fn has_configured(&self) -> bool {
         !self.configured.is_empty()
+    }
+
+    /// Whether apps of `space` may already hold a key its ring does not: the
+    /// operator's keys are the default tenant's live keys.
+    pub fn operator_keys_serve(&self, space: &Space) -> bool {
+        self.has_configured()
+            && space.environment == Environment::Live
+            && space.tenant() == flowforge_domain::TenantId::DEFAULT
     }
 
     /// The app a signing-key bearer (`signkey-<env>-<sha256 hex>`, the hashed key)

@@ -275,4 +275,48 @@ async fn environments_are_kept_apart_and_sign_with_their_own_keys(backend: TestB
     server.stop().await;
 }
 
-flowforge_tests::on_both_backends!(environments_are_kept_apart_and_sign_with_their_own_keys);
+/// Where the operator configured FLOWFORGE_SIGNING_KEY, apps of the default tenant's
+/// live environment hold it: that ring's first key waits to be rotated in, and the
+/// server signs with the operator's key until then.
+async fn the_operators_key_signs_until_a_key_of_the_ring_is_rotated_in(backend: TestBackend) {
+    let operator_key = format!("signkey-prod-{}", "ab".repeat(32));
+    let mut config = flowforge_tests::server::config_for(&backend);
+    config.inngest_keys.signing_keys = vec![operator_key.clone()];
+    let server = TestServer::start_with(config).await;
+    let admin = Api::new(server.url.clone());
+    let (status, created) = admin.post("/api/v1/signing-keys", &json!({})).await;
+    assert_eq!(
+        (status, &created["status"]),
+        (201, &json!("next")),
+        "{created}"
+    );
+    let ring_key = created["key"].as_str().unwrap().to_owned();
+    let old_app = SdkApp::start(&server.url, |s, u| {
+        shop(s, u, "live").signing_key(operator_key.clone())
+    })
+    .await;
+    assert_eq!(
+        hello(&admin).await,
+        vec![json!("live")],
+        "signed with the operator's key"
+    );
+    let (status, rotated) = admin.post("/api/v1/signing-keys/rotate", &json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["items"][0]["status"], "current", "{rotated}");
+    drop(old_app);
+    let _new_app = SdkApp::start(&server.url, |s, u| {
+        shop(s, u, "live").signing_key(ring_key.clone())
+    })
+    .await;
+    assert_eq!(
+        hello(&admin).await,
+        vec![json!("live")],
+        "signed with the ring's key"
+    );
+    server.stop().await;
+}
+
+flowforge_tests::on_both_backends!(
+    environments_are_kept_apart_and_sign_with_their_own_keys,
+    the_operators_key_signs_until_a_key_of_the_ring_is_rotated_in
+);

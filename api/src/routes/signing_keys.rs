@@ -77,9 +77,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     Ok(Json(ring_json(&caller, &loaded.state)))
 }
 
-/// `POST /api/v1/signing-keys`: a new key. The environment's first key signs at once;
-/// a later one waits as `next` until it is rotated in. The answer is the only place
-/// the key appears.
+/// `POST /api/v1/signing-keys`: a new key. The environment's first key signs at once
+/// (except where apps may hold the operator's key); a later one waits as `next` until
+/// it is rotated in. The answer is the only place the key appears.
 pub async fn create(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let (key_id, key) = keys::generate_signing_key(caller.environment);
     let hashed = flowforge_engine::protocol::hashed_signing_key(&key);
@@ -96,6 +96,12 @@ pub async fn create(State(state): State<AppState>, caller: Caller) -> Result<Res
             &format!("{}:{key_id}", caller.environment),
         )
         .await?;
+    // Apps of the default tenant's live environment may hold the operator's key: the
+    // first key of that ring waits to be rotated in like any later one.
+    let first_signs_at_once = !state
+        .platform
+        .signing_keys
+        .operator_keys_serve(&caller.space());
     let handled = state
         .commands
         .handle::<SigningKeyRing>(&stream(&caller), &caller.metadata(), || {
@@ -103,6 +109,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller) -> Result<Res
                 key_id: key_id.clone(),
                 environment: caller.environment,
                 fingerprint: fingerprint(&key),
+                first_signs_at_once,
                 at: Utc::now(),
             }
         })
