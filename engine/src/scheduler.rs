@@ -543,26 +543,35 @@ impl Scheduler {
         let Some(function) = state.function.clone() else {
             return;
         };
-        if state.status == RunStatus::Skipped {
-            // Never executed: nothing to announce; a parent that invoked it learns why.
-            if let Some(parent) = state.parent.clone() {
-                let reason = state.skipped.map_or("skipped", |r| r.as_str());
-                self.command(
-                    position,
-                    space,
-                    parent.run_id,
-                    RunCommand::ResolveInvoke {
-                        step_id: parent.step_id,
-                        result: Err(StepError::new(
-                            "FunctionSkipped",
-                            format!("the invoked function was skipped ({reason})"),
-                        )),
-                        at: Utc::now(),
-                    },
-                );
-            }
-            return;
+        // A run flow control skipped never executed: nothing to announce.
+        if state.status != RunStatus::Skipped {
+            self.announce_end(run_id, space, state, &function, position);
         }
+        if let Some(parent) = state.parent.clone()
+            && let Some(result) = invoke_result(state)
+        {
+            self.command(
+                position,
+                space,
+                parent.run_id,
+                RunCommand::ResolveInvoke {
+                    step_id: parent.step_id,
+                    result,
+                    at: Utc::now(),
+                },
+            );
+        }
+    }
+
+    /// `function.finished` (and `function.failed`) events for a run's end.
+    fn announce_end(
+        &mut self,
+        run_id: Uuid,
+        space: &Space,
+        state: &RunState,
+        function: &FunctionRef,
+        position: u64,
+    ) {
         let event = state.events.first().cloned().unwrap_or(Value::Null);
         let (result_key, result) = match (&state.output, &state.error) {
             (Some(output), _) => ("result", output.clone()),
@@ -620,29 +629,6 @@ impl Scheduler {
                     .await
                     .map_err(|e| e.to_string())
             });
-        }
-        if let Some(parent) = state.parent.clone() {
-            let result = match state.status {
-                RunStatus::Completed => Ok(state.output.clone().unwrap_or(Value::Null)),
-                RunStatus::Failed => Err(state
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| StepError::new("Error", "the invoked function failed"))),
-                _ => Err(StepError::new(
-                    "InngestInvokeCancelledError",
-                    "the invoked function was cancelled",
-                )),
-            };
-            self.command(
-                position,
-                space,
-                parent.run_id,
-                RunCommand::ResolveInvoke {
-                    step_id: parent.step_id,
-                    result,
-                    at: Utc::now(),
-                },
-            );
         }
     }
 
@@ -729,23 +715,10 @@ impl Scheduler {
                 .load::<Run>(&flowforge_domain::run::stream_id(child))
                 .await
                 .map_err(|e| e.to_string())?;
-            let result = match loaded.state.status {
-                // Not created yet (the parent's InvokeStarted is re-read from the log and
-                // creates it) or still running (its end resumes the parent).
-                RunStatus::New | RunStatus::Queued | RunStatus::Running => return Ok(()),
-                RunStatus::Completed => Ok(loaded.state.output.unwrap_or(Value::Null)),
-                RunStatus::Failed => Err(loaded
-                    .state
-                    .error
-                    .unwrap_or_else(|| StepError::new("Error", "the invoked function failed"))),
-                RunStatus::Cancelled => Err(StepError::new(
-                    "InngestInvokeCancelledError",
-                    "the invoked function was cancelled",
-                )),
-                RunStatus::Skipped => Err(StepError::new(
-                    "FunctionSkipped",
-                    "the invoked function was skipped by its flow control",
-                )),
+            // Not created yet (the parent's InvokeStarted is re-read from the log and
+            // creates it) or still running (its end resumes the parent).
+            let Some(result) = invoke_result(&loaded.state) else {
+                return Ok(());
             };
             run_command(
                 &context,
@@ -1237,6 +1210,29 @@ impl Scheduler {
         match result {
             Ok(_) => self.saved_checkpoint = position,
             Err(error) => tracing::warn!(%error, "cannot save the scheduler checkpoint"),
+        }
+    }
+}
+
+/// What an invoked run's end gives the step that invoked it; `None` while it runs.
+fn invoke_result(state: &RunState) -> Option<Result<Value, StepError>> {
+    match state.status {
+        RunStatus::New | RunStatus::Queued | RunStatus::Running => None,
+        RunStatus::Completed => Some(Ok(state.output.clone().unwrap_or(Value::Null))),
+        RunStatus::Failed => Some(Err(state
+            .error
+            .clone()
+            .unwrap_or_else(|| StepError::new("Error", "the invoked function failed")))),
+        RunStatus::Cancelled => Some(Err(StepError::new(
+            "InngestInvokeCancelledError",
+            "the invoked function was cancelled",
+        ))),
+        RunStatus::Skipped => {
+            let reason = state.skipped.map_or("skipped", |r| r.as_str());
+            Some(Err(StepError::new(
+                "FunctionSkipped",
+                format!("the invoked function was skipped by its flow control ({reason})"),
+            )))
         }
     }
 }

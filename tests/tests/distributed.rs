@@ -99,19 +99,24 @@ async fn assert_each_ran_once(
     calls_by_instance
 }
 
-async fn two_processes_share_the_work_of_500_runs() {
-    let Some(backend) = TestBackend::postgres().await else {
-        return;
-    };
-    let Some(nats) = TestNats::shared().await else {
-        return;
-    };
+/// Two `flowforge serve` processes ("one" and "two") on one PostgreSQL database and one
+/// NATS, started; `None` (skipped, or a failure under CI) without those services.
+async fn two_processes() -> Option<(TestBackend, TestNats, ServerProcess, ServerProcess)> {
+    let backend = TestBackend::postgres().await?;
+    let nats = TestNats::shared().await?;
     let mut first = ServerProcess::for_backend(&backend);
     first.with_nats(&nats.url, &nats.prefix, "one");
     let mut second = ServerProcess::for_backend(&backend);
     second.with_nats(&nats.url, &nats.prefix, "two");
     first.start().await;
     second.start().await;
+    Some((backend, nats, first, second))
+}
+
+async fn two_processes_share_the_work_of_500_runs() {
+    let Some((_backend, nats, first, second)) = two_processes().await else {
+        return;
+    };
     let api = first.api();
     let _app = SdkApp::start_for(&first, app).await;
 
@@ -606,18 +611,9 @@ async fn runs_survive_a_postgres_restart() {
 /// (as behind a load balancer) and sharing the work: one run per key, the rest skipped
 /// with the reason in the run list.
 async fn a_rate_limit_holds_across_processes() {
-    let Some(backend) = TestBackend::postgres().await else {
+    let Some((_backend, _nats, first, second)) = two_processes().await else {
         return;
     };
-    let Some(nats) = TestNats::shared().await else {
-        return;
-    };
-    let mut first = ServerProcess::for_backend(&backend);
-    first.with_nats(&nats.url, &nats.prefix, "one");
-    let mut second = ServerProcess::for_backend(&backend);
-    second.with_nats(&nats.url, &nats.prefix, "two");
-    first.start().await;
-    second.start().await;
     let _app = SdkApp::start_for(&first, |server, serve| {
         App::new("limited", server, serve).function(
             Function::new("notify")
