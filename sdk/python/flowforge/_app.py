@@ -84,6 +84,7 @@ def function(*, id: str, trigger: dict[str, Any] | list[dict[str, Any]],
              rate_limit: dict[str, Any] | None = None, throttle: dict[str, Any] | None = None,
              debounce: dict[str, Any] | None = None, idempotency: str | None = None,
              priority: dict[str, Any] | None = None, batch_events: dict[str, Any] | None = None,
+             singleton: dict[str, Any] | None = None,
              cancel_on: dict[str, Any] | list[dict[str, Any]] | None = None,
              timeouts: dict[str, Duration] | None = None,
              ) -> Callable[[Callable[..., Any]], Function]:
@@ -94,8 +95,10 @@ def function(*, id: str, trigger: dict[str, Any] | list[dict[str, Any]],
     server's function settings: `concurrency=5` or `{"limit": 5, "key": "event.data.user"}`,
     `rate_limit={"limit": 10, "period": "1m", "key": ...}`,
     `throttle={"limit": 1, "period": "1s", "burst": 2}`, `debounce={"period": "5s"}`,
-    `idempotency="event.data.order_id"`, `cancel_on={"event": "order/cancelled",
-    "match": "data.order_id", "timeout": "1h"}`.
+    `idempotency="event.data.order_id"`, `singleton={"key": "event.data.user",
+    "mode": "skip" | "cancel"}`, `cancel_on={"event": "order/cancelled",
+    "match": "data.order_id", "timeout": "1h"}`. The server checks them all when the app
+    syncs; rate limits, idempotency and singletons are enforced (see the README).
     """
     if not isinstance(id, str) or not id:
         raise ValueError("a function needs an id")
@@ -116,6 +119,8 @@ def function(*, id: str, trigger: dict[str, Any] | list[dict[str, Any]],
         config["idempotency"] = idempotency
     if priority is not None:
         config["priority"] = _limit(priority, "priority")
+    if singleton is not None:
+        config["singleton"] = _limit(singleton, "singleton")
     if batch_events is not None:
         batch = _with_period(_limit(batch_events, "batch_events"))
         if "max_size" in batch:

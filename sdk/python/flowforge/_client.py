@@ -105,11 +105,11 @@ class Client:
             time.sleep(0.05)
 
     def wait_for_run(self, run_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Waits until the run has finished (completed, failed or cancelled)."""
+        """Waits until the run has ended (completed, failed, cancelled or skipped)."""
         deadline = time.monotonic() + timeout
         while True:
             run = self.run(run_id)
-            if run["status"] in ("completed", "failed", "cancelled"):
+            if run["status"] in ("completed", "failed", "cancelled", "skipped"):
                 return run
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} is still {run['status']}")

@@ -154,3 +154,13 @@ def test_the_app_is_synced_with_every_function(client, server_url):
         functions = {f["id"]: f for f in json.loads(response.read())["items"]}
     assert "pytest-memo" in functions and "pytest-fan-out" in functions
     assert functions["pytest-flaky"]["retries"] == 3
+
+
+def test_flow_control_settings_reach_the_server_and_hold(client):
+    order = key()
+    first = run_of(client, "py/once", {"order_id": order})
+    second = run_of(client, "py/once", {"order_id": order})
+    assert first["status"] == "completed", first
+    assert first["output"] == order
+    assert second["status"] == "skipped", second
+    assert second["skipped"]["reason"] == "idempotent"

@@ -61,6 +61,8 @@ def test_hashed_signing_keys_keep_their_prefix():
 def test_function_settings_take_the_servers_shape():
     @flowforge.function(id="settings", trigger=flowforge.trigger.cron("0 * * * *", tz="Europe/Paris"),
                         concurrency=2, throttle={"limit": 1, "period": timedelta(seconds=2)},
+                        singleton={"key": "event.data.user", "mode": "cancel"},
+                        batch_events={"max_size": 10, "timeout": "2s"},
                         cancel_on={"event": "x/cancel", "match": "data.id", "timeout": "1h"})
     async def settings(ctx):
         return None
@@ -68,6 +70,8 @@ def test_function_settings_take_the_servers_shape():
     assert settings.triggers == [{"cron": "TZ=Europe/Paris 0 * * * *"}]
     assert settings.config["concurrency"] == [{"limit": 2}]
     assert settings.config["throttle"] == {"limit": 1, "period": "2s"}
+    assert settings.config["singleton"] == {"key": "event.data.user", "mode": "cancel"}
+    assert settings.config["batchEvents"] == {"maxSize": 10, "timeout": "2s"}
     assert settings.config["cancel"] == [
         {"event": "x/cancel", "if": "event.data.id == async.data.id", "timeout": "3600s"}]
     app = flowforge.App("unit", [settings], serve_url="http://app.test/api/flowforge")

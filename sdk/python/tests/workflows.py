@@ -143,3 +143,10 @@ async def greedy(ctx: flowforge.Context):
     except Exception:  # noqa: BLE001 - the point of the test
         return "swallowed"
     return first + second
+
+
+@flowforge.function(id="once-per-order", trigger=flowforge.trigger.event("py/once"),
+                    idempotency="event.data.order_id",
+                    rate_limit={"limit": 5, "period": "1m", "key": "event.data.order_id"})
+async def once_per_order(ctx: flowforge.Context):
+    return await step.run("charge", lambda: ctx.event.data["order_id"])
