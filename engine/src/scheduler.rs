@@ -734,23 +734,21 @@ impl Scheduler {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn create_run(
-        &mut self,
-        position: u64,
+    /// A new run of `function` in `space`, as the scheduler creates them.
+    fn new_run(
+        &self,
         space: &Space,
         run_id: Uuid,
         function: &FunctionVersion,
         events: Vec<Value>,
-        replay_of: Option<Uuid>,
-        parent: Option<ParentLink>,
-    ) {
+        (replay_of, parent): (Option<Uuid>, Option<ParentLink>),
+    ) -> CreateRun {
         let app_id = self
             .context
             .registry
             .app_of(space, &function.spec.id)
             .unwrap_or_default();
-        let command = RunCommand::Create(CreateRun {
+        CreateRun {
             run_id,
             function: FunctionRef {
                 app_id,
@@ -765,8 +763,22 @@ impl Scheduler {
             environment: space.environment,
             skip: None,
             at: Utc::now(),
-        });
-        self.command(position, space, run_id, command);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_run(
+        &mut self,
+        position: u64,
+        space: &Space,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        events: Vec<Value>,
+        replay_of: Option<Uuid>,
+        parent: Option<ParentLink>,
+    ) {
+        let create = self.new_run(space, run_id, function, events, (replay_of, parent));
+        self.command(position, space, run_id, RunCommand::Create(create));
     }
 
     /// Creates a run whose function limits how many runs start (rate limit,
@@ -781,15 +793,11 @@ impl Scheduler {
         event: Value,
         gates: Vec<crate::admission::Gate>,
     ) {
+        let mut create = self.new_run(space, run_id, function, vec![event], (None, None));
         let context = self.context.clone();
         let meta = metadata(space);
         let space = space.clone();
-        let function = function.clone();
-        let app_id = self
-            .context
-            .registry
-            .app_of(&space, &function.spec.id)
-            .unwrap_or_default();
+        let function_id = function.spec.id.clone();
         self.effect(position, async move {
             let stream = flowforge_domain::run::stream_id(run_id);
             // Decided before (this event is read again after a restart): keep it.
@@ -801,38 +809,16 @@ impl Scheduler {
             if !recorded.is_empty() {
                 return Ok(());
             }
-            let mut skip = None;
             for gate in &gates {
-                if let Some(refused) = crate::admission::admit(
-                    &context,
-                    &meta,
-                    &space,
-                    &function.spec.id,
-                    run_id,
-                    gate,
-                )
-                .await?
+                if let Some(refused) =
+                    crate::admission::admit(&context, &meta, &space, &function_id, run_id, gate)
+                        .await?
                 {
-                    skip = Some(refused);
+                    create.skip = Some(refused);
                     break;
                 }
             }
-            let command = RunCommand::Create(CreateRun {
-                run_id,
-                function: FunctionRef {
-                    app_id,
-                    function_id: function.spec.id.clone(),
-                    version: function.version,
-                },
-                events: vec![event],
-                max_attempts: function.spec.max_attempts.max(1),
-                backoff: context.config.backoff,
-                replay_of: None,
-                parent: None,
-                environment: space.environment,
-                skip,
-                at: Utc::now(),
-            });
+            let command = RunCommand::Create(create);
             run_command(&context, &meta, run_id, command).await
         });
     }
