@@ -1238,6 +1238,25 @@ mod tests {
         }
     }
 
+    /// The command that records [`created`] (and skips the run when `skip` says so).
+    fn create_command(skip: Option<(SkipReason, String)>) -> RunCommand {
+        RunCommand::Create(CreateRun {
+            run_id: run_id(),
+            function: function(),
+            events: vec![json!({"name": "order/created", "data": {"total": 10}})],
+            max_attempts: 3,
+            backoff: BackoffPolicy {
+                initial_ms: 100,
+                max_ms: 1_000,
+            },
+            replay_of: None,
+            parent: None,
+            environment: Environment::Live,
+            skip,
+            at: t(0),
+        })
+    }
+
     fn created() -> RunEvent {
         RunEvent::Created(RunCreated {
             run_id: run_id(),
@@ -1297,23 +1316,7 @@ mod tests {
 
     #[test]
     fn create_records_the_pinned_function_and_makes_discovery_due() {
-        let state = Spec::given([])
-            .when(RunCommand::Create(CreateRun {
-                run_id: run_id(),
-                function: function(),
-                events: vec![json!({"name": "order/created", "data": {"total": 10}})],
-                max_attempts: 3,
-                backoff: BackoffPolicy {
-                    initial_ms: 100,
-                    max_ms: 1_000,
-                },
-                replay_of: None,
-                parent: None,
-                environment: Environment::Live,
-                skip: None,
-                at: t(0),
-            }))
-            .then([created()]);
+        let state = Spec::given([]).when(create_command(None)).then([created()]);
         assert_eq!(state.status, RunStatus::Queued);
         assert_eq!(state.due[&CallTarget::Discovery].token, 1);
     }
@@ -1326,21 +1329,10 @@ mod tests {
             at: t(0),
         });
         let state = Spec::given([])
-            .when(RunCommand::Create(CreateRun {
-                run_id: run_id(),
-                function: function(),
-                events: vec![json!({"name": "order/created", "data": {"total": 10}})],
-                max_attempts: 3,
-                backoff: BackoffPolicy {
-                    initial_ms: 100,
-                    max_ms: 1_000,
-                },
-                replay_of: None,
-                parent: None,
-                environment: Environment::Live,
-                skip: Some((SkipReason::RateLimited, "1 run per 1m for key a".into())),
-                at: t(0),
-            }))
+            .when(create_command(Some((
+                SkipReason::RateLimited,
+                "1 run per 1m for key a".into(),
+            ))))
             .then([created(), skipped.clone()]);
         assert_eq!(state.status, RunStatus::Skipped);
         assert!(state.status.is_terminal());

@@ -42,126 +42,83 @@ fn only_one(mut rows: Vec<(String, String)>) -> Option<(String, String)> {
     (rows.len() == 1).then(|| rows.remove(0))
 }
 
-#[async_trait]
-impl SecretStore for crate::postgres::PostgresEventStore {
-    async fn put_secret(&self, tenant: &str, name: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(PUT)
-            .bind(tenant)
-            .bind(name)
-            .bind(value)
-            .bind(chrono::Utc::now().timestamp_millis())
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
+/// One implementation for both SQL backends: they share the schema and the SQL, and
+/// differ in the pool they use and the name of the larger-of-two function.
+macro_rules! sql_secret_store {
+    ($store:ty, $pool:ident, $greatest:literal) => {
+        #[async_trait]
+        impl SecretStore for $store {
+            async fn put_secret(
+                &self,
+                tenant: &str,
+                name: &str,
+                value: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(PUT)
+                    .bind(tenant)
+                    .bind(name)
+                    .bind(value)
+                    .bind(chrono::Utc::now().timestamp_millis())
+                    .execute(self.$pool())
+                    .await?;
+                Ok(())
+            }
 
-    async fn secret(&self, tenant: &str, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(GET)
-            .bind(tenant)
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?)
-    }
+            async fn secret(&self, tenant: &str, name: &str) -> Result<Option<String>, StoreError> {
+                Ok(sqlx::query_scalar(GET)
+                    .bind(tenant)
+                    .bind(name)
+                    .fetch_optional(self.$pool())
+                    .await?)
+            }
 
-    async fn find_secret(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(only_one(
-            sqlx::query_as(FIND)
-                .bind(name)
-                .fetch_all(self.pool())
-                .await?,
-        ))
-    }
+            async fn find_secret(
+                &self,
+                name: &str,
+            ) -> Result<Option<(String, String)>, StoreError> {
+                Ok(only_one(
+                    sqlx::query_as(FIND)
+                        .bind(name)
+                        .fetch_all(self.$pool())
+                        .await?,
+                ))
+            }
 
-    async fn touch_credential(
-        &self,
-        tenant: &str,
-        credential: &str,
-        at_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO credential_usage (tenant_id, credential, last_used_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, credential) DO UPDATE \
-             SET last_used_at = GREATEST(credential_usage.last_used_at, excluded.last_used_at)",
-        )
-        .bind(tenant)
-        .bind(credential)
-        .bind(at_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
+            async fn touch_credential(
+                &self,
+                tenant: &str,
+                credential: &str,
+                at_ms: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query(concat!(
+                    "INSERT INTO credential_usage (tenant_id, credential, last_used_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT (tenant_id, credential) DO UPDATE SET last_used_at = ",
+                    $greatest,
+                    "(credential_usage.last_used_at, excluded.last_used_at)"
+                ))
+                .bind(tenant)
+                .bind(credential)
+                .bind(at_ms)
+                .execute(self.$pool())
+                .await?;
+                Ok(())
+            }
 
-    async fn credential_last_used(
-        &self,
-        tenant: &str,
-        credential: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(LAST_USED)
-            .bind(tenant)
-            .bind(credential)
-            .fetch_optional(self.pool())
-            .await?)
-    }
+            async fn credential_last_used(
+                &self,
+                tenant: &str,
+                credential: &str,
+            ) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_scalar(LAST_USED)
+                    .bind(tenant)
+                    .bind(credential)
+                    .fetch_optional(self.$pool())
+                    .await?)
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl SecretStore for crate::sqlite::SqliteEventStore {
-    async fn put_secret(&self, tenant: &str, name: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(PUT)
-            .bind(tenant)
-            .bind(name)
-            .bind(value)
-            .bind(chrono::Utc::now().timestamp_millis())
-            .execute(self.read_pool())
-            .await?;
-        Ok(())
-    }
-
-    async fn secret(&self, tenant: &str, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(GET)
-            .bind(tenant)
-            .bind(name)
-            .fetch_optional(self.read_pool())
-            .await?)
-    }
-
-    async fn find_secret(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(only_one(
-            sqlx::query_as(FIND)
-                .bind(name)
-                .fetch_all(self.read_pool())
-                .await?,
-        ))
-    }
-
-    async fn touch_credential(
-        &self,
-        tenant: &str,
-        credential: &str,
-        at_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO credential_usage (tenant_id, credential, last_used_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, credential) DO UPDATE \
-             SET last_used_at = max(credential_usage.last_used_at, excluded.last_used_at)",
-        )
-        .bind(tenant)
-        .bind(credential)
-        .bind(at_ms)
-        .execute(self.read_pool())
-        .await?;
-        Ok(())
-    }
-
-    async fn credential_last_used(
-        &self,
-        tenant: &str,
-        credential: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(LAST_USED)
-            .bind(tenant)
-            .bind(credential)
-            .fetch_optional(self.read_pool())
-            .await?)
-    }
-}
+// Credentials' last use never moves backwards: the larger of the stored and new time.
+sql_secret_store!(crate::postgres::PostgresEventStore, pool, "GREATEST");
+sql_secret_store!(crate::sqlite::SqliteEventStore, read_pool, "max");
