@@ -130,6 +130,24 @@ impl ReadDb {
         })
     }
 
+    /// Serialises, until `tx` ends, everyone who changes which generation of projection
+    /// `name` exists. Row locks cannot do this when there is no row yet: two processes
+    /// initialising an empty read database would both create a first generation.
+    /// SQLite's `BEGIN IMMEDIATE` already excludes every other writer.
+    pub async fn lock_projection(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        name: &str,
+    ) -> Result<(), ProjectionError> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text")
+                .bind(format!("flowforge.projection.{name}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// ` FOR UPDATE` where the dialect has row locks (SQLite's write lock already excludes
     /// every other writer).
     pub fn for_update(&self) -> &'static str {

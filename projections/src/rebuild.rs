@@ -105,6 +105,7 @@ pub async fn rebuild(
 
     // 1. A fresh generation, replacing any abandoned build.
     let mut tx = db.begin_write().await?;
+    db.lock_projection(&mut tx, name).await?;
     for stale in checkpoint::all(db).await? {
         if stale.name == name && !stale.active {
             drop_tables(

@@ -72,6 +72,7 @@ impl ProjectionRunner {
 
     async fn create_first_generation(&self) -> Result<(), ProjectionError> {
         let mut tx = self.db.begin_write().await?;
+        self.db.lock_projection(&mut tx, self.name()).await?;
         if checkpoint::lock_active(&self.db, &mut tx, self.name())
             .await?
             .is_some()

@@ -210,6 +210,36 @@ async fn a_rebuild_under_concurrent_writes_misses_and_doubles_nothing(backend: T
     fresh.pool().close().await;
 }
 
+/// Processes starting together on an empty read database agree on one first
+/// generation: none builds a second set of tables that the view then points away from.
+async fn runners_initialising_at_once_create_one_generation(backend: TestBackend) {
+    let store = backend.store().await;
+    drive_runs(&store, 5, 950).await;
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let runner = ProjectionRunner::new(backend.read_db().await, store.clone(), streams());
+        starts.push(tokio::spawn(async move { runner.initialise().await }));
+    }
+    let mut generations = Vec::new();
+    for start in starts {
+        generations.push(start.await.unwrap().unwrap().generation);
+    }
+    assert_eq!(
+        generations,
+        vec![1; 4],
+        "every runner adopted the same generation"
+    );
+    let db = backend.read_db().await;
+    let checkpoints: Vec<_> = flowforge_projections::checkpoint::all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.name == "streams")
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert!(checkpoints[0].active);
+}
+
 /// Two runners of one projection (two processes) never apply an event twice.
 async fn two_runners_of_one_projection_never_double_apply(backend: TestBackend) {
     let store = backend.store().await;
@@ -379,6 +409,7 @@ flowforge_tests::on_both_backends!(
     a_rebuild_is_identical_row_for_row_to_the_incremental_model,
     a_rebuild_under_concurrent_writes_misses_and_doubles_nothing,
     two_runners_of_one_projection_never_double_apply,
+    runners_initialising_at_once_create_one_generation,
     readers_see_the_old_model_until_the_swap,
     status_reports_checkpoint_head_and_lag,
 );
