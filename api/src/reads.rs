@@ -64,6 +64,24 @@ impl<'a> TenantReads<'a> {
         .map_err(ApiError::internal)
     }
 
+    /// How many runs of `function_id` wait for a concurrency slot of `key` and have
+    /// waited longer than since `since` (ms): the runs ahead of one held since then.
+    pub async fn held_ahead(&self, row: &RunRow, key: &str, since: i64) -> Result<i64, ApiError> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE tenant_id = $1 AND environment = $2 \
+               AND function_id = $3 AND hold_reason = 'concurrency' AND hold_key = $4 \
+               AND hold_since < $5",
+        )
+        .bind(self.tenant)
+        .bind(row.environment.as_str())
+        .bind(row.function_id.as_str())
+        .bind(key)
+        .bind(since)
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(ApiError::internal)
+    }
+
     /// Up to `limit` runs, newest first, before the cursor `(created_at, run_id)`.
     pub async fn runs(
         &self,
@@ -112,13 +130,33 @@ impl<'a> TenantReads<'a> {
 
     /// The runs an event started, oldest first.
     pub async fn runs_for_event(&self, event_id: &str) -> Result<Vec<RunRow>, ApiError> {
+        self.runs_where("event_id", event_id).await
+    }
+
+    /// The run's row, when the read model has it (in any of the tenant's environments:
+    /// the caller was already allowed to see the run).
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRow>, ApiError> {
         let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM runs WHERE tenant_id = $1 AND environment = $2 AND event_id = $3 ORDER BY created_at, run_id",
+            "SELECT {} FROM runs WHERE tenant_id = $1 AND run_id = $2",
+            RunRow::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(run_id)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(rows(&found)?.pop())
+    }
+
+    async fn runs_where(&self, column: &'static str, value: &str) -> Result<Vec<RunRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM runs WHERE tenant_id = $1 AND environment = $2 AND {column} = $3 \
+             ORDER BY created_at, run_id",
             RunRow::COLUMNS.join(", ")
         )))
         .bind(self.tenant)
         .bind(self.environment)
-        .bind(event_id)
+        .bind(value)
         .fetch_all(self.db.pool())
         .await
         .map_err(ApiError::internal)?;

@@ -166,6 +166,10 @@ pub struct RunCreated {
     /// only that environment's events resume or cancel it.
     #[serde(default, skip_serializing_if = "Environment::is_live")]
     pub environment: Environment,
+    /// When the run may start, if flow control (throttle) put its start off; the
+    /// `run.call_held` beside it says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +295,69 @@ pub struct RunSkipped {
     pub at: DateTime<Utc>,
 }
 
+/// Which flow-control limit holds a due call back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// Every slot of a concurrency limit is taken; the call waits for one.
+    Concurrency,
+    /// The function's throttle lets the run start later (`until`).
+    Throttle,
+}
+
+impl HoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::Concurrency => "concurrency",
+            HoldReason::Throttle => "throttle",
+        }
+    }
+}
+
+/// A flow-control decision to hold a call back, as a command carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: HoldReason,
+    /// The limit's key as evaluated for this run (empty: the whole function).
+    pub key: String,
+    /// The decision in words (the limit, the key, the period).
+    pub detail: String,
+    /// When the call may go (throttle); `None`: when a slot frees (concurrency).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A due call is held back by flow control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallHeld {
+    pub target: CallTarget,
+    pub token: u64,
+    pub reason: HoldReason,
+    pub key: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// A held call got its concurrency slot and goes to the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallReleased {
+    pub target: CallTarget,
+    pub token: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// A call flow control holds back, in the run's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldCall {
+    pub token: u64,
+    pub reason: HoldReason,
+    pub key: String,
+    pub detail: String,
+    pub until: Option<DateTime<Utc>>,
+    pub since: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum RunEvent {
@@ -329,6 +396,10 @@ pub enum RunEvent {
     Cancelled(RunCancelled),
     #[serde(rename = "run.skipped")]
     Skipped(RunSkipped),
+    #[serde(rename = "run.call_held")]
+    CallHeld(CallHeld),
+    #[serde(rename = "run.call_released")]
+    CallReleased(CallReleased),
 }
 
 impl RunEvent {
@@ -347,6 +418,8 @@ impl RunEvent {
         "run.failed",
         "run.cancelled",
         "run.skipped",
+        "run.call_held",
+        "run.call_released",
     ];
 }
 
@@ -368,6 +441,8 @@ impl DomainEvent for RunEvent {
             RunEvent::Failed(_) => "run.failed",
             RunEvent::Cancelled(_) => "run.cancelled",
             RunEvent::Skipped(_) => "run.skipped",
+            RunEvent::CallHeld(_) => "run.call_held",
+            RunEvent::CallReleased(_) => "run.call_released",
         }
     }
 }
@@ -477,6 +552,8 @@ pub struct RunState {
     /// Display names of the steps that are waiting, for the step's completion event.
     pub waiting_names: BTreeMap<String, String>,
     pub due: BTreeMap<CallTarget, DueCall>,
+    /// Due calls flow control holds back (only while the same call is due).
+    pub held: BTreeMap<CallTarget, HeldCall>,
     /// Failed function-level attempts since the last step completed.
     pub call_attempts: u32,
     /// Source of call tokens; only ever increases.
@@ -517,6 +594,7 @@ impl Default for RunState {
             waiting: BTreeMap::new(),
             waiting_names: BTreeMap::new(),
             due: BTreeMap::new(),
+            held: BTreeMap::new(),
             call_attempts: 0,
             last_token: 0,
             parallel: false,
@@ -616,6 +694,8 @@ pub struct CreateRun {
     pub environment: Environment,
     /// Flow control decided the run does not execute: it is recorded, and skipped.
     pub skip: Option<(SkipReason, String)>,
+    /// Flow control decided the run starts later (throttle): its first call is held.
+    pub hold: Option<Hold>,
     pub at: DateTime<Utc>,
 }
 
@@ -717,6 +797,19 @@ pub enum RunCommand {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// Flow control holds the due call back.
+    HoldCall {
+        target: CallTarget,
+        token: u64,
+        hold: Hold,
+        at: DateTime<Utc>,
+    },
+    /// A held call may go.
+    ReleaseCall {
+        target: CallTarget,
+        token: u64,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -766,7 +859,7 @@ impl Decider for Run {
                 state.parent = e.parent.clone();
                 state.environment = e.environment;
                 state.created_at = Some(e.created_at);
-                state.make_due(CallTarget::Discovery, 0, None);
+                state.make_due(CallTarget::Discovery, 0, e.start_at);
             }
             RunEvent::CallFinished(e) => {
                 if let Some(version) = e.request_version {
@@ -870,6 +963,42 @@ impl Decider for Run {
                 state.skipped = Some(e.reason);
                 state.finish(RunStatus::Skipped, e.at);
             }
+            RunEvent::CallHeld(e) => {
+                if let Some(due) = state.due.get_mut(&e.target)
+                    && due.token == e.token
+                {
+                    if e.until.is_some() {
+                        due.not_before = e.until;
+                    }
+                    state.held.insert(
+                        e.target.clone(),
+                        HeldCall {
+                            token: e.token,
+                            reason: e.reason,
+                            key: e.key.clone(),
+                            detail: e.detail.clone(),
+                            until: e.until,
+                            since: e.at,
+                        },
+                    );
+                }
+            }
+            RunEvent::CallReleased(e) => {
+                if state
+                    .held
+                    .get(&e.target)
+                    .is_some_and(|h| h.token == e.token)
+                {
+                    state.held.remove(&e.target);
+                }
+            }
+        }
+        // A hold is on one call: it ends when that call is no longer due.
+        if !state.held.is_empty() {
+            let due = &state.due;
+            state
+                .held
+                .retain(|target, held| due.get(target).is_some_and(|d| d.token == held.token));
         }
         state
     }
@@ -949,6 +1078,33 @@ impl Decider for Run {
             RunCommand::Cancel { reason, at } => {
                 Ok(vec![RunEvent::Cancelled(RunCancelled { reason, at })])
             }
+            RunCommand::HoldCall {
+                target,
+                token,
+                hold,
+                at,
+            } => {
+                if state.due.get(&target).is_none_or(|d| d.token != token) {
+                    return Err(RunError::StaleCall { target, token });
+                }
+                if state.held.get(&target).is_some_and(|h| h.token == token) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![held(target, token, hold, at)])
+            }
+            RunCommand::ReleaseCall { target, token, at } => {
+                if state.due.get(&target).is_none_or(|d| d.token != token) {
+                    return Err(RunError::StaleCall { target, token });
+                }
+                if state.held.get(&target).is_none_or(|h| h.token != token) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![RunEvent::CallReleased(CallReleased {
+                    target,
+                    token,
+                    at,
+                })])
+            }
         }
     }
 }
@@ -972,7 +1128,18 @@ fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, R
         replay_of: create.replay_of,
         parent: create.parent,
         environment: create.environment,
+        start_at: create.hold.as_ref().and_then(|h| h.until),
     });
+    if let Some(hold) = create.hold {
+        let token = Run::evolve(state.clone(), &created)
+            .due
+            .get(&CallTarget::Discovery)
+            .map_or(0, |d| d.token);
+        return Ok(vec![
+            created,
+            held(CallTarget::Discovery, token, hold, create.at),
+        ]);
+    }
     Ok(match create.skip {
         None => vec![created],
         Some((reason, detail)) => vec![
@@ -983,6 +1150,18 @@ fn decide_create(state: &RunState, create: CreateRun) -> Result<Vec<RunEvent>, R
                 at: create.at,
             }),
         ],
+    })
+}
+
+fn held(target: CallTarget, token: u64, hold: Hold, at: DateTime<Utc>) -> RunEvent {
+    RunEvent::CallHeld(CallHeld {
+        target,
+        token,
+        reason: hold.reason,
+        key: hold.key,
+        detail: hold.detail,
+        until: hold.until,
+        at,
     })
 }
 
@@ -1253,6 +1432,7 @@ mod tests {
             parent: None,
             environment: Environment::Live,
             skip,
+            hold: None,
             at: t(0),
         })
     }
@@ -1271,6 +1451,7 @@ mod tests {
             replay_of: None,
             parent: None,
             environment: Environment::Live,
+            start_at: None,
         })
     }
 
@@ -1346,6 +1527,150 @@ mod tests {
         );
     }
 
+    fn concurrency_hold() -> Hold {
+        Hold {
+            reason: HoldReason::Concurrency,
+            key: "customer-42".into(),
+            detail: "all 1 slot(s) of key `customer-42` are taken".into(),
+            until: None,
+        }
+    }
+
+    fn held_event(token: u64, hold: Hold, at: DateTime<Utc>) -> RunEvent {
+        RunEvent::CallHeld(CallHeld {
+            target: CallTarget::Discovery,
+            token,
+            reason: hold.reason,
+            key: hold.key,
+            detail: hold.detail,
+            until: hold.until,
+            at,
+        })
+    }
+
+    #[test]
+    fn a_throttled_run_is_created_with_its_first_call_held_until_its_start() {
+        let hold = Hold {
+            reason: HoldReason::Throttle,
+            key: String::new(),
+            detail: "throttle of 10 run(s) per 1s".into(),
+            until: Some(t(5)),
+        };
+        let RunCommand::Create(mut create) = create_command(None) else {
+            unreachable!()
+        };
+        create.hold = Some(hold.clone());
+        let RunEvent::Created(mut throttled) = created() else {
+            unreachable!()
+        };
+        throttled.start_at = Some(t(5));
+        let state = Spec::given([]).when(RunCommand::Create(create)).then([
+            RunEvent::Created(throttled.clone()),
+            held_event(1, hold, t(0)),
+        ]);
+        // The start is in the first event: whoever reads only it does not call early.
+        let first = Run::evolve(Run::initial(), &RunEvent::Created(throttled));
+        assert_eq!(first.due[&CallTarget::Discovery].not_before, Some(t(5)));
+        assert_eq!(state.status, RunStatus::Queued);
+        assert_eq!(state.due[&CallTarget::Discovery].not_before, Some(t(5)));
+        let held = &state.held[&CallTarget::Discovery];
+        assert_eq!(
+            (held.reason, held.until),
+            (HoldReason::Throttle, Some(t(5)))
+        );
+    }
+
+    #[test]
+    fn a_due_call_is_held_once_and_released_once() {
+        let state = Spec::given([created()])
+            .when(RunCommand::HoldCall {
+                target: CallTarget::Discovery,
+                token: 1,
+                hold: concurrency_hold(),
+                at: t(1),
+            })
+            .then([held_event(1, concurrency_hold(), t(1))]);
+        assert_eq!(state.held[&CallTarget::Discovery].key, "customer-42");
+        assert_eq!(state.held[&CallTarget::Discovery].since, t(1));
+        assert_eq!(state.due[&CallTarget::Discovery].not_before, None);
+        Spec::given([created(), held_event(1, concurrency_hold(), t(1))])
+            .when(RunCommand::HoldCall {
+                target: CallTarget::Discovery,
+                token: 1,
+                hold: concurrency_hold(),
+                at: t(2),
+            })
+            .then_nothing_happens();
+        let released = RunEvent::CallReleased(CallReleased {
+            target: CallTarget::Discovery,
+            token: 1,
+            at: t(3),
+        });
+        let state = Spec::given([created(), held_event(1, concurrency_hold(), t(1))])
+            .when(RunCommand::ReleaseCall {
+                target: CallTarget::Discovery,
+                token: 1,
+                at: t(3),
+            })
+            .then([released.clone()]);
+        assert!(state.held.is_empty());
+        assert!(state.due.contains_key(&CallTarget::Discovery));
+        Spec::given([created(), held_event(1, concurrency_hold(), t(1)), released])
+            .when(RunCommand::ReleaseCall {
+                target: CallTarget::Discovery,
+                token: 1,
+                at: t(4),
+            })
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn holding_a_call_that_is_no_longer_due_is_refused() {
+        Spec::given([created(), call_finished(CallTarget::Discovery, 1, 0)])
+            .when(RunCommand::HoldCall {
+                target: CallTarget::Discovery,
+                token: 1,
+                hold: concurrency_hold(),
+                at: t(3),
+            })
+            .then_error(|e| matches!(e, RunError::StaleCall { token: 1, .. }));
+        Spec::given([created()])
+            .when(RunCommand::ReleaseCall {
+                target: CallTarget::Discovery,
+                token: 7,
+                at: t(3),
+            })
+            .then_error(|e| matches!(e, RunError::StaleCall { token: 7, .. }));
+    }
+
+    #[test]
+    fn a_hold_ends_with_its_call() {
+        let state = [
+            created(),
+            held_event(1, concurrency_hold(), t(1)),
+            call_finished(CallTarget::Discovery, 1, 0),
+        ]
+        .iter()
+        .fold(Run::initial(), Run::evolve);
+        assert!(state.held.is_empty());
+    }
+
+    #[test]
+    fn holds_read_back_as_recorded() {
+        let hold = Hold {
+            until: Some(t(9)),
+            ..concurrency_hold()
+        };
+        let event = held_event(4, hold, t(1));
+        let payload = event.to_payload();
+        assert_eq!(payload["reason"], "concurrency");
+        assert_eq!(payload["key"], "customer-42");
+        assert_eq!(
+            RunEvent::from_stored("run.call_held", payload).unwrap(),
+            event
+        );
+    }
+
     #[test]
     fn creating_an_existing_run_is_refused() {
         Spec::given([created()])
@@ -1359,6 +1684,7 @@ mod tests {
                 parent: None,
                 environment: Environment::Live,
                 skip: None,
+                hold: None,
                 at: t(0),
             }))
             .then_error(|e| *e == RunError::AlreadyExists);
@@ -1377,6 +1703,7 @@ mod tests {
                 parent: None,
                 environment: Environment::Live,
                 skip: None,
+                hold: None,
                 at: t(0),
             }))
             .then_error(|e| matches!(e, RunError::Invalid(_)));

@@ -80,7 +80,11 @@ impl Gate {
     }
 }
 
-fn key_text(expressions: &Expressions, expression: Option<&str>, event: &Value) -> String {
+pub(crate) fn key_text(
+    expressions: &Expressions,
+    expression: Option<&str>,
+    event: &Value,
+) -> String {
     let Some(expression) = expression else {
         return String::new();
     };

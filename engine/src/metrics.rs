@@ -60,6 +60,8 @@ pub struct Metrics {
     pub events_seen: Mutex<BTreeMap<String, u64>>,
     pub jobs_published: AtomicU64,
     pub jobs_republished: AtomicU64,
+    /// Calls flow control held back (concurrency) or whose run starts later (throttle).
+    pub calls_held: AtomicU64,
     pub jobs_delivered: AtomicU64,
     pub jobs_redelivered: AtomicU64,
     pub jobs_acked: AtomicU64,
@@ -111,6 +113,12 @@ impl Metrics {
             "flowforge_jobs_published_total",
             "Jobs this process queued.",
             load(&self.jobs_published),
+        );
+        counter(
+            out,
+            "flowforge_calls_held_total",
+            "Calls flow control held back: a concurrency limit was full, or a throttle delayed the run's start.",
+            load(&self.calls_held),
         );
         counter(
             out,

@@ -26,9 +26,10 @@ use chrono::{DateTime, Utc};
 use flowforge_commands::CommandError;
 use flowforge_domain::app::FunctionVersion;
 use flowforge_domain::event::{EventReceived, EventSource, IncomingEvent};
+use flowforge_domain::flow_control::{ConcurrencyLimit, ConcurrencyScope, FlowControl, Throttle};
 use flowforge_domain::run::{
-    CallTarget, CreateRun, FunctionRef, ParentLink, Run, RunCommand, RunError, RunEvent, RunState,
-    RunStatus, StepError, Waiting,
+    CallTarget, CreateRun, FunctionRef, Hold, HoldReason, ParentLink, Run, RunCommand, RunError,
+    RunEvent, RunState, RunStatus, StepError, Waiting,
 };
 use flowforge_domain::{Actor, Decider, Environment, EventMetadata, TenantId};
 use flowforge_projections::{ProjectionError, ProjectionRunner};
@@ -37,6 +38,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::admission::key_text;
+use crate::concurrency::{CallId, Need, SlotKey, Slots};
 use crate::metrics::Metrics;
 use crate::queue::Job;
 use crate::space::Space;
@@ -44,6 +47,8 @@ use crate::timers::Timers;
 use crate::{EngineContext, EngineError, ids, ingest};
 
 pub const NAME: &str = "scheduler";
+/// The most head start (or delay) `priority.run` can give a run, in seconds.
+const MAX_PRIORITY_S: f64 = 600.0;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// What a timer does when it fires.
@@ -110,6 +115,23 @@ pub struct Scheduler {
     start_position: u64,
     /// Jobs derived but not yet handed to the queue.
     to_enqueue: Vec<Job>,
+    /// Concurrency slots taken and the calls lined up for them.
+    slots: Slots,
+    /// Flow-control limits of each function version that has any.
+    limits: HashMap<(Space, String, u32), Option<Arc<Limits>>>,
+    /// Throttles: the theoretical arrival time of the next run per (function, key).
+    throttles: HashMap<(Space, String, String), DateTime<Utc>>,
+    /// Loading the runs that were active when this scheduler took over.
+    recovering: bool,
+    /// Due calls of limited functions found while recovering, not recorded as held.
+    recovered: Vec<(Job, Vec<Need>, i64)>,
+}
+
+/// The limits the scheduler applies to a function's calls and starts.
+struct Limits {
+    concurrency: Vec<ConcurrencyLimit>,
+    throttle: Option<Throttle>,
+    priority: Option<String>,
 }
 
 fn metadata(space: &Space) -> EventMetadata {
@@ -165,6 +187,11 @@ impl Scheduler {
             saved_checkpoint: checkpoint,
             start_position: checkpoint,
             to_enqueue: Vec::new(),
+            slots: Slots::new(),
+            limits: HashMap::new(),
+            throttles: HashMap::new(),
+            recovering: true,
+            recovered: Vec::new(),
         };
         for (run_id, tenant) in active {
             let Ok(run_id) = run_id.parse::<Uuid>() else {
@@ -174,6 +201,20 @@ impl Scheduler {
                 tracing::error!(%run_id, %error, "cannot load an active run");
             }
         }
+        scheduler.recovering = false;
+        // Due calls not recorded as held were queued by the previous scheduler, and
+        // most are executing. They keep their slots in line order; a call the previous
+        // scheduler held back but died before recording (more of them than the limit)
+        // is held now, the latest first, as the previous scheduler would have.
+        let mut recovered = std::mem::take(&mut scheduler.recovered);
+        recovered.sort_by_key(|(_, _, order)| *order);
+        for (job, needs, order) in recovered {
+            scheduler.acquire(job, needs, order, checkpoint);
+        }
+        // Calls recorded as held whose limit has room now (slots freed while no
+        // scheduler was watching).
+        let admitted = scheduler.slots.admit_all();
+        scheduler.let_through(admitted);
         scheduler.schedule_crons();
         scheduler.flush_enqueued().await;
         tracing::info!(
@@ -324,6 +365,9 @@ impl Scheduler {
         if version == 0 || state.status.is_terminal() {
             return Ok(());
         }
+        if self.recovering {
+            self.recover_throttle(&Space::new(tenant, state.environment), &state);
+        }
         self.start_tracking(run_id, tenant, state, version, created_position);
         if let Some(tracked) = self.runs.get_mut(&run_id) {
             tracked.wait_positions = wait_positions;
@@ -395,12 +439,17 @@ impl Scheduler {
         }
         let now = Utc::now();
         // Calls: queue the due ones, set timers for the later ones.
+        let mut no_longer_due = Vec::new();
         tracked.dispatched.retain(|(target, token)| {
-            tracked
+            let due = tracked
                 .state
                 .due
                 .get(target)
-                .is_some_and(|d| d.token == *token)
+                .is_some_and(|d| d.token == *token);
+            if !due {
+                no_longer_due.push((run_id, target.clone(), *token));
+            }
+            due
         });
         let mut to_queue = Vec::new();
         for (target, due) in &tracked.state.due {
@@ -469,12 +518,18 @@ impl Scheduler {
                 .or_default()
                 .insert((run_id, step_id));
         }
+        for call in no_longer_due {
+            self.release(&call);
+        }
         for job in to_queue {
-            self.enqueue(job);
+            self.dispatch(job, position);
         }
     }
 
     fn forget(&mut self, run_id: Uuid, tracked: &Tracked) {
+        for (target, token) in &tracked.dispatched {
+            self.release(&(run_id, target.clone(), *token));
+        }
         if let Some(function) = &tracked.state.function
             && let Some(runs) = self
                 .by_function
@@ -492,6 +547,200 @@ impl Scheduler {
 
     fn enqueue(&mut self, job: Job) {
         self.to_enqueue.push(job);
+    }
+
+    /// The flow-control limits of a function version, read once.
+    fn limits(&mut self, space: &Space, function: &FunctionRef) -> Option<Arc<Limits>> {
+        let key = (
+            space.clone(),
+            function.function_id.clone(),
+            function.version,
+        );
+        if let Some(limits) = self.limits.get(&key) {
+            return limits.clone();
+        }
+        let limits = self
+            .context
+            .registry
+            .version(space, &function.function_id, function.version)
+            .filter(|f| !f.spec.flow_control.is_null())
+            .and_then(|f| FlowControl::parse(&f.spec.flow_control).ok())
+            .filter(|c| !c.concurrency.is_empty() || c.throttle.is_some())
+            .map(|c| {
+                Arc::new(Limits {
+                    concurrency: c.concurrency,
+                    throttle: c.throttle,
+                    priority: c.priority,
+                })
+            });
+        self.limits.insert(key, limits.clone());
+        limits
+    }
+
+    /// The concurrency slots a run's calls need, keys evaluated on its event.
+    fn needs(&self, space: &Space, function_id: &str, limits: &Limits, event: &Value) -> Vec<Need> {
+        limits
+            .concurrency
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| Need {
+                slot: SlotKey {
+                    scope: match limit.scope {
+                        ConcurrencyScope::Function => format!("{space}:fn:{function_id}:{i}"),
+                        ConcurrencyScope::Environment => format!("{space}:env"),
+                        ConcurrencyScope::Account => format!("{}:account", space.tenant),
+                    },
+                    key: key_text(&self.context.expressions, limit.key.as_deref(), event),
+                },
+                limit: limit.limit,
+            })
+            .collect()
+    }
+
+    /// A run's head start in the line, in milliseconds (`priority.run`, seconds).
+    fn priority_ms(&self, limits: &Limits, event: &Value) -> i64 {
+        let Some(expression) = &limits.priority else {
+            return 0;
+        };
+        match self
+            .context
+            .expressions
+            .evaluate(expression, &[("event", event)])
+        {
+            Ok(value) => value.as_f64().map_or(0, |s| {
+                (s.clamp(-MAX_PRIORITY_S, MAX_PRIORITY_S) * 1000.0) as i64
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "priority expression did not evaluate; no head start");
+                0
+            }
+        }
+    }
+
+    /// Hands a due call to the queue if its function's concurrency limits have room;
+    /// lines it up (and records that it is held, and why) if not.
+    fn dispatch(&mut self, job: Job, position: u64) {
+        let Some(tracked) = self.runs.get(&job.run_id) else {
+            return;
+        };
+        let (space, state) = (tracked.space.clone(), &tracked.state);
+        let Some(function) = state.function.clone() else {
+            return self.enqueue(job);
+        };
+        // Lines are first come, first served by run: a run already under way goes
+        // before runs that have not started.
+        let arrived = state.created_at.unwrap_or_else(Utc::now).timestamp_millis();
+        let event = state.events.first().cloned().unwrap_or(Value::Null);
+        let recorded = state
+            .held
+            .get(&job.target)
+            .is_some_and(|h| h.token == job.token && h.reason == HoldReason::Concurrency);
+        let Some(limits) = self.limits(&space, &function) else {
+            return self.enqueue(job);
+        };
+        if limits.concurrency.is_empty() {
+            return self.enqueue(job);
+        }
+        let needs = self.needs(&space, &function.function_id, &limits, &event);
+        let call: CallId = (job.run_id, job.target.clone(), job.token);
+        let priority = self.priority_ms(&limits, &event);
+        if recorded {
+            self.slots.line_up_held(call, needs, arrived - priority);
+            return;
+        }
+        if self.recovering {
+            self.recovered.push((job, needs, arrived - priority));
+            return;
+        }
+        self.acquire(job, needs, arrived - priority, position);
+    }
+
+    /// Takes the call's slots and queues it, or lines it up and records the hold.
+    fn acquire(&mut self, job: Job, needs: Vec<Need>, order: i64, position: u64) {
+        let Some(tracked) = self.runs.get(&job.run_id) else {
+            return;
+        };
+        let space = tracked.space.clone();
+        let call: CallId = (job.run_id, job.target.clone(), job.token);
+        let Some(full) = self.slots.acquire(call, needs, order) else {
+            return self.enqueue(job);
+        };
+        let on_key = if full.slot.key.is_empty() {
+            String::new()
+        } else {
+            format!(" of key `{}`", full.slot.key)
+        };
+        let hold = Hold {
+            reason: HoldReason::Concurrency,
+            key: full.slot.key.clone(),
+            detail: format!("all {} concurrency slot(s){on_key} are taken", full.limit),
+            until: None,
+        };
+        Metrics::count(&self.context.metrics.calls_held);
+        self.command(
+            position,
+            &space,
+            job.run_id,
+            RunCommand::HoldCall {
+                target: job.target,
+                token: job.token,
+                hold,
+                at: Utc::now(),
+            },
+        );
+    }
+
+    /// A call is no longer due: its slots go to the next calls in line.
+    fn release(&mut self, call: &CallId) {
+        let admitted = self.slots.release(call);
+        self.let_through(admitted);
+    }
+
+    /// Calls that got their slots: recorded as released, then queued.
+    fn let_through(&mut self, admitted: Vec<CallId>) {
+        for (run_id, target, token) in admitted {
+            let job = Job {
+                tenant: String::new(),
+                run_id,
+                target,
+                token,
+            };
+            let Some(tracked) = self.runs.get(&run_id).filter(|_| self.still_due(&job)) else {
+                // Not due any more after all: pass the slots on.
+                self.release(&(run_id, job.target, token));
+                continue;
+            };
+            let job = Job {
+                tenant: tracked.space.tenant.clone(),
+                ..job
+            };
+            let space = tracked.space.clone();
+            let meta = metadata(&space);
+            let context = self.context.clone();
+            let released = job.clone();
+            // Queued only once the release is in the log: a scheduler taking over
+            // must never count a call that is executing as still held.
+            self.effect(self.processed, async move {
+                run_command(
+                    &context,
+                    &meta,
+                    run_id,
+                    RunCommand::ReleaseCall {
+                        target: released.target.clone(),
+                        token: released.token,
+                        at: Utc::now(),
+                    },
+                )
+                .await?;
+                match context.queue.enqueue(released).await {
+                    Ok(()) => Metrics::count(&context.metrics.jobs_published),
+                    // The reconciler queues it again.
+                    Err(error) => tracing::error!(%error, %run_id, "cannot queue a call"),
+                }
+                Ok(())
+            });
+            self.watch_job(job, 0);
+        }
     }
 
     /// Queues the jobs derived from the events just processed.
@@ -736,7 +985,7 @@ impl Scheduler {
 
     /// A new run of `function` in `space`, as the scheduler creates them.
     fn new_run(
-        &self,
+        &mut self,
         space: &Space,
         run_id: Uuid,
         function: &FunctionVersion,
@@ -748,7 +997,7 @@ impl Scheduler {
             .registry
             .app_of(space, &function.spec.id)
             .unwrap_or_default();
-        CreateRun {
+        let mut create = CreateRun {
             run_id,
             function: FunctionRef {
                 app_id,
@@ -762,8 +1011,94 @@ impl Scheduler {
             parent,
             environment: space.environment,
             skip: None,
+            hold: None,
             at: Utc::now(),
+        };
+        create.hold = self.throttle(space, run_id, function, &create.events);
+        create
+    }
+
+    /// When a throttled function's new run may start: each (function, key) starts
+    /// runs at most `limit` per `period`, `burst` of them at once (GCRA). A run that
+    /// must wait is created with its first call held until then; none is dropped.
+    fn throttle(
+        &mut self,
+        space: &Space,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        events: &[Value],
+    ) -> Option<Hold> {
+        let reference = FunctionRef {
+            app_id: String::new(),
+            function_id: function.spec.id.clone(),
+            version: function.version,
+        };
+        let throttle = self.limits(space, &reference)?.throttle.clone()?;
+        // Read again after a restart: the run was decided then, and counted since.
+        if self.runs.contains_key(&run_id) {
+            return None;
         }
+        let event = events.first().cloned().unwrap_or(Value::Null);
+        let key = key_text(&self.context.expressions, throttle.key.as_deref(), &event);
+        let now = Utc::now();
+        let (start, next) = throttle_start(
+            &throttle,
+            self.throttles
+                .get(&(space.clone(), function.spec.id.clone(), key.clone()))
+                .copied(),
+            now,
+        );
+        self.throttles
+            .insert((space.clone(), function.spec.id.clone(), key.clone()), next);
+        if start <= now + chrono::Duration::milliseconds(1) {
+            return None;
+        }
+        Metrics::count(&self.context.metrics.calls_held);
+        let on_key = if key.is_empty() {
+            String::new()
+        } else {
+            format!(" for key `{key}`")
+        };
+        Some(Hold {
+            reason: HoldReason::Throttle,
+            detail: format!(
+                "throttle of {} run start(s) per {}s (burst {}){on_key}",
+                throttle.limit,
+                throttle.period.num_milliseconds() as f64 / 1000.0,
+                throttle.burst
+            ),
+            key,
+            until: Some(start),
+        })
+    }
+
+    /// A run recorded as throttled when this scheduler took over: later runs of its
+    /// key start after it.
+    fn recover_throttle(&mut self, space: &Space, state: &RunState) {
+        let Some(until) = state
+            .held
+            .values()
+            .find(|h| h.reason == HoldReason::Throttle)
+            .and_then(|h| h.until.map(|u| (u, h.key.clone())))
+        else {
+            return;
+        };
+        let Some(function) = state.function.clone() else {
+            return;
+        };
+        let Some(throttle) = self
+            .limits(space, &function)
+            .and_then(|l| l.throttle.clone())
+        else {
+            return;
+        };
+        let (at, key) = until;
+        let next = at + emission_interval(&throttle);
+        let entry = self
+            .throttles
+            .entry((space.clone(), function.function_id, key))
+            .or_insert(next);
+        *entry = (*entry).max(next);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1020,7 +1355,7 @@ impl Scheduler {
         match timer {
             Timer::Enqueue(job) => {
                 if self.still_due(&job) {
-                    self.enqueue(job);
+                    self.dispatch(job, position);
                 }
             }
             Timer::Reconcile { job, attempt } => {
@@ -1180,6 +1515,9 @@ impl Scheduler {
     }
 
     async fn save_checkpoint(&mut self) {
+        // Throttles whose next start is past have nothing to remember.
+        let now = Utc::now();
+        self.throttles.retain(|_, tat| *tat > now);
         let position = self.checkpoint();
         if position <= self.saved_checkpoint {
             return;
@@ -1201,6 +1539,25 @@ impl Scheduler {
 }
 
 /// What an invoked run's end gives the step that invoked it; `None` while it runs.
+/// The time between two run starts of a throttle.
+fn emission_interval(throttle: &Throttle) -> chrono::Duration {
+    throttle.period / i32::try_from(throttle.limit.max(1)).unwrap_or(i32::MAX)
+}
+
+/// GCRA: given the theoretical arrival time of the next run (`tat`), when a run
+/// arriving `now` may start, and the next `tat`.
+fn throttle_start(
+    throttle: &Throttle,
+    tat: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let interval = emission_interval(throttle);
+    let tolerance = interval * i32::try_from(throttle.burst.saturating_sub(1)).unwrap_or(i32::MAX);
+    let tat = tat.map_or(now, |t| t.max(now));
+    let start = (tat - tolerance).max(now);
+    (start, tat + interval)
+}
+
 fn invoke_result(state: &RunState) -> Option<Result<Value, StepError>> {
     match state.status {
         RunStatus::New | RunStatus::Queued | RunStatus::Running => None,
@@ -1279,6 +1636,69 @@ pub(crate) async fn run_command(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(other) => return Err(format!("run {run_id}: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(limit: u32, period_ms: i64, burst: u32) -> Throttle {
+        Throttle {
+            limit,
+            period: chrono::Duration::milliseconds(period_ms),
+            burst,
+            key: None,
+        }
+    }
+
+    fn starts(throttle: &Throttle, arrivals_ms: &[i64]) -> Vec<i64> {
+        let zero = DateTime::<Utc>::UNIX_EPOCH;
+        let mut tat = None;
+        arrivals_ms
+            .iter()
+            .map(|&at| {
+                let (start, next) =
+                    throttle_start(throttle, tat, zero + chrono::Duration::milliseconds(at));
+                tat = Some(next);
+                (start - zero).num_milliseconds()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_throttle_spaces_a_burst_of_arrivals_evenly() {
+        assert_eq!(
+            starts(&throttle(10, 1000, 1), &[0, 0, 0, 0]),
+            vec![0, 100, 200, 300]
+        );
+    }
+
+    #[test]
+    fn a_burst_starts_at_once_and_the_rest_keep_the_rate() {
+        assert_eq!(
+            starts(&throttle(10, 1000, 3), &[0, 0, 0, 0, 0]),
+            vec![0, 0, 0, 100, 200]
+        );
+    }
+
+    #[test]
+    fn a_quiet_period_lets_the_next_run_start_at_once() {
+        assert_eq!(
+            starts(&throttle(2, 1000, 1), &[0, 0, 5000, 5000]),
+            vec![0, 500, 5000, 5500]
+        );
+    }
+
+    #[test]
+    fn any_window_of_one_period_holds_at_most_limit_plus_burst_less_one() {
+        let t = throttle(10, 1000, 2);
+        let arrivals: Vec<i64> = (0..200).map(|i| i * 7).collect();
+        let starts = starts(&t, &arrivals);
+        for (i, s) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().filter(|x| **x < s + 1000).count();
+            assert!(in_window <= 11, "{in_window} starts within 1s of {s}");
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn create(run_id: Uuid, function: &str) -> RunCommand {
         parent: None,
         environment: Default::default(),
         skip: None,
+        hold: None,
         at: Utc::now(),
     })
 }

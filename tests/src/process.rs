@@ -253,3 +253,24 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Processes of the production shape: `flowforge serve` on `backend`'s PostgreSQL
+/// database, sharing work through NATS, one per instance name, each with `env` set.
+pub async fn cluster(
+    backend: &TestBackend,
+    nats: &crate::nats::TestNats,
+    instances: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<ServerProcess> {
+    let mut processes = Vec::new();
+    for instance in instances {
+        let mut process = ServerProcess::for_backend(backend);
+        process.with_nats(&nats.url, &nats.prefix, instance);
+        for (key, value) in env {
+            process.set_env(key, *value);
+        }
+        process.start().await;
+        processes.push(process);
+    }
+    processes
+}

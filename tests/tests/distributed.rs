@@ -104,12 +104,10 @@ async fn assert_each_ran_once(
 async fn two_processes() -> Option<(TestBackend, TestNats, ServerProcess, ServerProcess)> {
     let backend = TestBackend::postgres().await?;
     let nats = TestNats::shared().await?;
-    let mut first = ServerProcess::for_backend(&backend);
-    first.with_nats(&nats.url, &nats.prefix, "one");
-    let mut second = ServerProcess::for_backend(&backend);
-    second.with_nats(&nats.url, &nats.prefix, "two");
-    first.start().await;
-    second.start().await;
+    let mut processes =
+        flowforge_tests::process::cluster(&backend, &nats, &["one", "two"], &[]).await;
+    let second = processes.pop()?;
+    let first = processes.pop()?;
     Some((backend, nats, first, second))
 }
 

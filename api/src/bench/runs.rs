@@ -58,6 +58,10 @@ pub struct RunsBenchArgs {
     total: usize,
     #[arg(long, default_value_t = 32)]
     conc: usize,
+    /// `none`, `keyed-concurrency` (a concurrency limit of 1 per run's own key: it
+    /// never binds, so the figure is what enforcing it costs) or `both`.
+    #[arg(long, default_value = "none")]
+    flow_control: String,
 }
 
 fn emit(backend: &str, path: &str, metric: &str, value: f64, unit: &str) {
@@ -71,10 +75,13 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn bench_app(server_url: String, serve_url: String) -> App {
+fn bench_app(server_url: String, serve_url: String, control: &str) -> App {
+    let mut function = Function::new("run").trigger_event("bench/run");
+    if control == "keyed-concurrency" {
+        function = function.flow_control("concurrency", json!([{"limit": 1, "key": "event.id"}]));
+    }
     App::new("bench", server_url, serve_url).function(
-        Function::new("run")
-            .trigger_event("bench/run")
+        function
             .handler(|ctx, step| async move {
                 let v = ctx.event["data"]["input"].as_i64().unwrap_or(0);
                 let v: i64 = step
@@ -223,7 +230,16 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
         p @ ("event" | "invoke") => vec![p],
         other => bail!("unknown path `{other}`"),
     };
-    for backend in backends {
+    let controls: Vec<&str> = match args.flow_control.as_str() {
+        "both" => vec!["none", "keyed-concurrency"],
+        c @ ("none" | "keyed-concurrency") => vec![c],
+        other => bail!("unknown flow control `{other}`"),
+    };
+    for (backend, control) in backends
+        .iter()
+        .flat_map(|b| controls.iter().map(move |c| (*b, *c)))
+    {
+        let suffix = if control == "none" { "" } else { "-keyed" };
         match backend {
             "sqlite" => {
                 let dir = std::env::temp_dir()
@@ -233,7 +249,9 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     "--data-dir".to_owned(),
                     dir.display().to_string(),
                 ];
-                let result = measure(&args, backend, &paths, &[server_args], None).await;
+                let label = format!("{backend}{suffix}");
+                let result =
+                    measure(&args, (&label, control), &paths, &[server_args], None).await;
                 // FLOWFORGE_BENCH_KEEP=1 keeps the data for inspection (e.g. per-event timings).
                 if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
                     eprintln!("kept {}", dir.display());
@@ -274,13 +292,13 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                             a
                         })
                         .collect();
-                    format!("postgres-nats-{}p", servers.len())
+                    format!("postgres-nats-{}p{suffix}", servers.len())
                 } else {
-                    backend.to_owned()
+                    format!("{backend}{suffix}")
                 };
                 let result = measure(
                     &args,
-                    &label,
+                    (&label, control),
                     &paths,
                     &servers,
                     Some(Security::new(url.clone())),
@@ -312,7 +330,7 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
 
 async fn measure(
     args: &RunsBenchArgs,
-    backend: &str,
+    (backend, control): (&str, &str),
     paths: &[&str],
     servers_args: &[Vec<String>],
     mut security: Option<Security>,
@@ -334,7 +352,7 @@ async fn measure(
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let serve_url = format!("http://{}/api/flowforge", listener.local_addr()?);
-    let mut app = bench_app(server.url.clone(), serve_url);
+    let mut app = bench_app(server.url.clone(), serve_url, control);
     if let Some(security) = &security {
         app = app.signing_key(security.signing_key.clone());
     }

@@ -398,6 +398,7 @@ fn run_events(run_id: Uuid) -> Vec<NewEvent> {
         replay_of: None,
         parent: None,
         environment: Default::default(),
+        start_at: None,
     })];
     for (token, step) in (1u64..).zip(["a", "b", "c", "d"]) {
         events.push(RunEvent::CallFinished(CallFinished {

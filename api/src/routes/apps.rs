@@ -378,6 +378,7 @@ pub async fn invoke(
         parent: None,
         environment: caller.environment,
         skip: None,
+        hold: None,
         at: Utc::now(),
     });
     engine

@@ -55,7 +55,58 @@ pub fn row_json(row: &RunRow) -> Value {
         "replay_of": row.replay_of,
         "parent_run_id": row.parent_run_id,
         "skipped": row.skip_reason.as_ref().map(|reason| json!({"reason": reason, "detail": row.skip_detail})),
+        "flow_control": flow_control_json(row),
     })
+}
+
+/// What flow control is doing to a run right now, in words: waiting for a slot,
+/// throttled until a time, skipped (and why). `None` when it holds nothing back.
+pub fn flow_control_json(row: &RunRow) -> Option<Value> {
+    if let Some(reason) = &row.skip_reason {
+        let detail = row.skip_detail.clone().unwrap_or_default();
+        let by = match reason.as_str() {
+            "rate_limited" => "rate limit",
+            "idempotent" => "idempotency",
+            "singleton" => "singleton",
+            other => other,
+        };
+        return Some(json!({
+            "state": "skipped",
+            "reason": reason,
+            "detail": detail,
+            "message": format!("skipped by {by}: {detail}"),
+        }));
+    }
+    let reason = row.hold_reason.as_deref()?;
+    let key = row.hold_key.clone().unwrap_or_default();
+    let on_key = if key.is_empty() {
+        String::new()
+    } else {
+        format!(" of key `{key}`")
+    };
+    let until = millis_to_rfc3339(row.hold_until);
+    let (state, message) = match reason {
+        "throttle" => (
+            "throttled",
+            format!(
+                "throttled until {}{on_key}",
+                until.clone().unwrap_or_default()
+            ),
+        ),
+        _ => (
+            "waiting_for_concurrency",
+            format!("waiting for a concurrency slot{on_key}"),
+        ),
+    };
+    Some(json!({
+        "state": state,
+        "reason": reason,
+        "key": key,
+        "detail": row.hold_detail,
+        "since": millis_to_rfc3339(row.hold_since),
+        "until": until,
+        "message": message,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +223,8 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
     let mut steps: Vec<(String, Map<String, Value>)> = Vec::new();
     let mut attempts: Vec<Value> = Vec::new();
     let mut last_call: Option<(CallTarget, DateTime<Utc>, DateTime<Utc>)> = None;
+    // Every flow-control hold, for the investigator: how long the run waited, and why.
+    let mut holds: Vec<Value> = Vec::new();
     fn step<'a>(
         steps: &'a mut Vec<(String, Map<String, Value>)>,
         id: &str,
@@ -272,6 +325,22 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
             RunEvent::CallFailed(failed) => {
                 attempts.push(json!({"attempt": failed.attempt, "error": failed.error, "retry_at": failed.retry_at.to_rfc3339()}));
             }
+            RunEvent::CallHeld(held) => holds.push(json!({
+                "reason": held.reason,
+                "key": held.key,
+                "detail": held.detail,
+                "since": held.at.to_rfc3339(),
+                "until": held.until.map(|u| u.to_rfc3339()),
+                "token": held.token,
+            })),
+            RunEvent::CallReleased(released) => {
+                for hold in holds.iter_mut().rev() {
+                    if hold["token"] == json!(released.token) {
+                        hold["released_at"] = json!(released.at.to_rfc3339());
+                        break;
+                    }
+                }
+            }
             RunEvent::Created(_)
             | RunEvent::Completed(_)
             | RunEvent::Failed(_)
@@ -308,6 +377,7 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
         "error": state.error,
         "cancel_reason": cancelled,
         "skipped": skipped,
+        "holds": holds,
         "replay_of": state.replay_of,
         "parent": state.parent,
         "max_attempts": state.max_attempts,
@@ -324,7 +394,36 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (run_id, events) = run_stream(&state, &caller, &id).await?;
-    Ok(Json(run_view(run_id, &events)?))
+    let mut view = run_view(run_id, &events)?;
+    // The current flow-control state reads like the run list's, with how many runs
+    // wait ahead of this one for the same slot.
+    let row = state
+        .platform
+        .reads(&caller)
+        .run(&run_id.to_string())
+        .await?;
+    if let Some(row) = row
+        && let Some(mut flow) = flow_control_json(&row)
+    {
+        if row.hold_reason.as_deref() == Some("concurrency")
+            && let (Some(key), Some(since)) = (&row.hold_key, row.hold_since)
+        {
+            let ahead = state
+                .platform
+                .reads(&caller)
+                .held_ahead(&row, key, since)
+                .await?;
+            flow["ahead"] = json!(ahead);
+            flow["message"] = json!(format!(
+                "{}, {ahead} ahead",
+                flow["message"].as_str().unwrap_or_default()
+            ));
+        }
+        view["flow_control"] = flow;
+    } else {
+        view["flow_control"] = Value::Null;
+    }
+    Ok(Json(view))
 }
 
 fn stored_json(e: &StoredEvent) -> Value {
@@ -490,6 +589,7 @@ pub async fn replay(
         parent: None,
         environment: run.environment,
         skip: None,
+        hold: None,
         at: Utc::now(),
     });
     engine

@@ -37,6 +37,14 @@ pub struct RunRow {
     /// Why flow control skipped the run (`rate_limited`, `idempotent`), and in words.
     pub skip_reason: Option<String>,
     pub skip_detail: Option<String>,
+    /// The flow-control hold on the run's latest held call (`concurrency`,
+    /// `throttle`), while it lasts: the key, the decision in words, since and until.
+    pub hold_reason: Option<String>,
+    pub hold_key: Option<String>,
+    pub hold_detail: Option<String>,
+    pub hold_since: Option<i64>,
+    pub hold_until: Option<i64>,
+    pub hold_token: Option<i64>,
     pub stream_version: i64,
     pub last_position: i64,
 }
@@ -63,6 +71,12 @@ impl Document for RunRow {
         "parent_run_id",
         "skip_reason",
         "skip_detail",
+        "hold_reason",
+        "hold_key",
+        "hold_detail",
+        "hold_since",
+        "hold_until",
+        "hold_token",
         "stream_version",
         "last_position",
     ];
@@ -93,6 +107,12 @@ impl Document for RunRow {
             self.parent_run_id.clone().into(),
             self.skip_reason.clone().into(),
             self.skip_detail.clone().into(),
+            self.hold_reason.clone().into(),
+            self.hold_key.clone().into(),
+            self.hold_detail.clone().into(),
+            self.hold_since.into(),
+            self.hold_until.into(),
+            self.hold_token.into(),
             self.stream_version.into(),
             self.last_position.into(),
         ]
@@ -120,10 +140,31 @@ impl Document for RunRow {
             parent_run_id: row.try_get("parent_run_id")?,
             skip_reason: row.try_get("skip_reason")?,
             skip_detail: row.try_get("skip_detail")?,
+            hold_reason: row.try_get("hold_reason")?,
+            hold_key: row.try_get("hold_key")?,
+            hold_detail: row.try_get("hold_detail")?,
+            hold_since: row.try_get("hold_since")?,
+            hold_until: row.try_get("hold_until")?,
+            hold_token: row.try_get("hold_token")?,
             stream_version: row.try_get("stream_version")?,
             last_position: row.try_get("last_position")?,
         })
     }
+}
+
+impl RunRow {
+    fn clear_hold(&mut self) {
+        self.hold_reason = None;
+        self.hold_key = None;
+        self.hold_detail = None;
+        self.hold_since = None;
+        self.hold_until = None;
+        self.hold_token = None;
+    }
+}
+
+fn token(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(i64::MAX)
 }
 
 fn position(event: &StoredEvent) -> i64 {
@@ -135,7 +176,7 @@ impl DocumentProjection for RunsProjection {
     const NAME: &'static str = "runs";
     const TABLE: &'static str = "runs";
     const SCHEMA: &'static str = include_str!("schema.sql");
-    const SCHEMA_VERSION: u32 = 3;
+    const SCHEMA_VERSION: u32 = 4;
 
     fn filter(&self) -> LogFilter {
         LogFilter::all().event_types(RunEvent::TYPES.iter().copied())
@@ -184,6 +225,12 @@ impl DocumentProjection for RunsProjection {
                     parent_run_id: created.parent.map(|p| p.run_id.to_string()),
                     skip_reason: None,
                     skip_detail: None,
+                    hold_reason: None,
+                    hold_key: None,
+                    hold_detail: None,
+                    hold_since: None,
+                    hold_until: None,
+                    hold_token: None,
                     stream_version: 0,
                     last_position: 0,
                 }
@@ -199,6 +246,9 @@ impl DocumentProjection for RunsProjection {
                 match other {
                     RunEvent::Created(_) => {}
                     RunEvent::CallFinished(call) => {
+                        if row.hold_token == Some(token(call.token)) {
+                            row.clear_hold();
+                        }
                         if row.started_at.is_none() {
                             row.started_at = Some(call.started_at.timestamp_millis());
                             if row.status == RunStatus::Queued.as_str() {
@@ -237,6 +287,22 @@ impl DocumentProjection for RunsProjection {
                         row.skip_detail = Some(skipped.detail);
                         row.finished_at = Some(skipped.at.timestamp_millis());
                     }
+                    RunEvent::CallHeld(held) => {
+                        row.hold_reason = Some(held.reason.as_str().to_owned());
+                        row.hold_key = Some(held.key);
+                        row.hold_detail = Some(held.detail);
+                        row.hold_since = Some(held.at.timestamp_millis());
+                        row.hold_until = held.until.map(|u| u.timestamp_millis());
+                        row.hold_token = Some(token(held.token));
+                    }
+                    RunEvent::CallReleased(released) => {
+                        if row.hold_token == Some(token(released.token)) {
+                            row.clear_hold();
+                        }
+                    }
+                }
+                if row.finished_at.is_some() {
+                    row.clear_hold();
                 }
                 row
             }

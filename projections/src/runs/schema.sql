@@ -19,6 +19,13 @@ CREATE TABLE {runs} (
     parent_run_id    TEXT,
     skip_reason      TEXT,
     skip_detail      TEXT,
+    -- The flow-control hold on the run's latest held call, while it lasts.
+    hold_reason      TEXT,
+    hold_key         TEXT,
+    hold_detail      TEXT,
+    hold_since       BIGINT,
+    hold_until       BIGINT,
+    hold_token       BIGINT,
     stream_version   BIGINT NOT NULL,
     last_position    BIGINT NOT NULL
 );
@@ -26,3 +33,4 @@ CREATE INDEX {runs}_by_created ON {runs} (tenant_id, environment, created_at, ru
 CREATE INDEX {runs}_by_status ON {runs} (tenant_id, environment, status, created_at);
 CREATE INDEX {runs}_by_function ON {runs} (tenant_id, environment, function_id, created_at);
 CREATE INDEX {runs}_by_event ON {runs} (tenant_id, environment, event_id);
+CREATE INDEX {runs}_by_hold ON {runs} (tenant_id, environment, function_id, hold_reason, hold_key, hold_since);
