@@ -303,6 +303,12 @@ pub enum HoldReason {
     Concurrency,
     /// The function's throttle lets the run start later (`until`).
     Throttle,
+    /// The run waits for a quiet period of its key; each new event replaces its event
+    /// and puts the start off (up to the debounce timeout).
+    Debounce,
+    /// The run collects events of its key until it has the batch size or the batch
+    /// timeout passes.
+    Batch,
 }
 
 impl HoldReason {
@@ -310,6 +316,8 @@ impl HoldReason {
         match self {
             HoldReason::Concurrency => "concurrency",
             HoldReason::Throttle => "throttle",
+            HoldReason::Debounce => "debounce",
+            HoldReason::Batch => "batch",
         }
     }
 }
@@ -336,6 +344,19 @@ pub struct CallHeld {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// One more event for a run that has not started (debounce: it replaces the run's
+/// event; batch: it joins them). `position` is the event's place in the log, so the
+/// outcome does not depend on the order the engine records them in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventCollected {
+    pub event: Value,
+    pub position: u64,
+    /// When the run starts now (debounce: after the new quiet period; batch: now, if
+    /// the batch is full).
+    pub until: DateTime<Utc>,
     pub at: DateTime<Utc>,
 }
 
@@ -400,6 +421,10 @@ pub enum RunEvent {
     CallHeld(CallHeld),
     #[serde(rename = "run.call_released")]
     CallReleased(CallReleased),
+    #[serde(rename = "run.debounced")]
+    Debounced(EventCollected),
+    #[serde(rename = "run.batched")]
+    Batched(EventCollected),
 }
 
 impl RunEvent {
@@ -420,6 +445,8 @@ impl RunEvent {
         "run.skipped",
         "run.call_held",
         "run.call_released",
+        "run.debounced",
+        "run.batched",
     ];
 }
 
@@ -443,6 +470,8 @@ impl DomainEvent for RunEvent {
             RunEvent::Skipped(_) => "run.skipped",
             RunEvent::CallHeld(_) => "run.call_held",
             RunEvent::CallReleased(_) => "run.call_released",
+            RunEvent::Debounced(_) => "run.debounced",
+            RunEvent::Batched(_) => "run.batched",
         }
     }
 }
@@ -554,6 +583,8 @@ pub struct RunState {
     pub due: BTreeMap<CallTarget, DueCall>,
     /// Due calls flow control holds back (only while the same call is due).
     pub held: BTreeMap<CallTarget, HeldCall>,
+    /// Log positions of `events` collected after the first (debounce, batch).
+    pub collected: Vec<u64>,
     /// Failed function-level attempts since the last step completed.
     pub call_attempts: u32,
     /// Source of call tokens; only ever increases.
@@ -595,6 +626,7 @@ impl Default for RunState {
             waiting_names: BTreeMap::new(),
             due: BTreeMap::new(),
             held: BTreeMap::new(),
+            collected: Vec::new(),
             call_attempts: 0,
             last_token: 0,
             parallel: false,
@@ -609,6 +641,20 @@ impl Default for RunState {
 }
 
 impl RunState {
+    /// Moves the start of a run collecting events (its first call, held).
+    fn put_start(&mut self, start: impl Fn(DateTime<Utc>) -> DateTime<Utc>) {
+        if let (Some(held), Some(due)) = (
+            self.held.get_mut(&CallTarget::Discovery),
+            self.due.get_mut(&CallTarget::Discovery),
+        ) && held.token == due.token
+            && let Some(until) = held.until
+        {
+            let until = start(until);
+            held.until = Some(until);
+            due.not_before = Some(until);
+        }
+    }
+
     fn make_due(&mut self, target: CallTarget, attempt: u32, not_before: Option<DateTime<Utc>>) {
         self.last_token += 1;
         self.due.insert(
@@ -804,6 +850,14 @@ pub enum RunCommand {
         hold: Hold,
         at: DateTime<Utc>,
     },
+    /// Another event for a run still collecting them (debounce or batch).
+    Collect {
+        reason: HoldReason,
+        event: Value,
+        position: u64,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
     /// A held call may go.
     ReleaseCall {
         target: CallTarget,
@@ -829,6 +883,8 @@ pub enum RunError {
         step_id: String,
         until: DateTime<Utc>,
     },
+    #[error("the run has started: it collects no more events")]
+    NotCollecting,
     #[error("invalid command: {0}")]
     Invalid(&'static str),
 }
@@ -992,6 +1048,23 @@ impl Decider for Run {
                     state.held.remove(&e.target);
                 }
             }
+            RunEvent::Debounced(e) => {
+                // The latest event in the log wins, whatever order they were recorded in.
+                if state.collected.last().is_none_or(|p| e.position > *p) {
+                    state.events = vec![e.event.clone()];
+                    state.collected = vec![e.position];
+                }
+                state.put_start(|until| until.max(e.until));
+            }
+            RunEvent::Batched(e) => {
+                if !state.collected.contains(&e.position) {
+                    let at = state.collected.partition_point(|p| *p < e.position);
+                    state.collected.insert(at, e.position);
+                    // The first event (from run.created) has no recorded position.
+                    state.events.insert(at + 1, e.event.clone());
+                }
+                state.put_start(|until| until.min(e.until));
+            }
         }
         // A hold is on one call: it ends when that call is no longer due.
         if !state.held.is_empty() {
@@ -1091,6 +1164,36 @@ impl Decider for Run {
                     return Ok(Vec::new());
                 }
                 Ok(vec![held(target, token, hold, at)])
+            }
+            RunCommand::Collect {
+                reason,
+                event,
+                position,
+                until,
+                at,
+            } => {
+                let collecting = state.status == RunStatus::Queued
+                    && state
+                        .held
+                        .get(&CallTarget::Discovery)
+                        .is_some_and(|h| h.reason == reason)
+                    && matches!(reason, HoldReason::Debounce | HoldReason::Batch);
+                if !collecting {
+                    return Err(RunError::NotCollecting);
+                }
+                if state.collected.contains(&position) {
+                    return Ok(Vec::new());
+                }
+                let collected = EventCollected {
+                    event,
+                    position,
+                    until,
+                    at,
+                };
+                Ok(vec![match reason {
+                    HoldReason::Batch => RunEvent::Batched(collected),
+                    _ => RunEvent::Debounced(collected),
+                }])
             }
             RunCommand::ReleaseCall { target, token, at } => {
                 if state.due.get(&target).is_none_or(|d| d.token != token) {
@@ -1669,6 +1772,123 @@ mod tests {
             RunEvent::from_stored("run.call_held", payload).unwrap(),
             event
         );
+    }
+
+    fn collecting(reason: HoldReason, until: DateTime<Utc>) -> Vec<RunEvent> {
+        vec![
+            created(),
+            held_event(
+                1,
+                Hold {
+                    reason,
+                    key: "k".into(),
+                    detail: "collecting".into(),
+                    until: Some(until),
+                },
+                t(0),
+            ),
+        ]
+    }
+
+    fn collected(n: u64, until: DateTime<Utc>) -> EventCollected {
+        EventCollected {
+            event: json!({"name": "e", "data": {"n": n}}),
+            position: n,
+            until,
+            at: t(1),
+        }
+    }
+
+    fn fold(events: &[RunEvent]) -> RunState {
+        events.iter().fold(Run::initial(), Run::evolve)
+    }
+
+    #[test]
+    fn a_debounced_run_keeps_the_latest_event_and_the_latest_start() {
+        let mut given = collecting(HoldReason::Debounce, t(5));
+        let state = Spec::given(given.clone())
+            .when(RunCommand::Collect {
+                reason: HoldReason::Debounce,
+                event: json!({"name": "e", "data": {"n": 7}}),
+                position: 7,
+                until: t(8),
+                at: t(1),
+            })
+            .then([RunEvent::Debounced(collected(7, t(8)))]);
+        assert_eq!(state.events[0]["data"]["n"], 7);
+        assert_eq!(state.due[&CallTarget::Discovery].not_before, Some(t(8)));
+        assert_eq!(state.held[&CallTarget::Discovery].until, Some(t(8)));
+        // Recorded out of order, the later event still wins, and the start never moves back.
+        given.push(RunEvent::Debounced(collected(9, t(9))));
+        given.push(RunEvent::Debounced(collected(7, t(8))));
+        let state = fold(&given);
+        assert_eq!(state.events.len(), 1);
+        assert_eq!(state.events[0]["data"]["n"], 9);
+        assert_eq!(state.due[&CallTarget::Discovery].not_before, Some(t(9)));
+    }
+
+    #[test]
+    fn a_batch_collects_events_in_log_order_and_a_full_one_starts_at_once() {
+        let mut given = collecting(HoldReason::Batch, t(5));
+        given.push(RunEvent::Batched(collected(9, t(5))));
+        given.push(RunEvent::Batched(collected(4, t(5))));
+        let state = fold(&given);
+        let order: Vec<&Value> = state.events.iter().map(|e| &e["data"]["total"]).collect();
+        assert_eq!(state.events.len(), 3);
+        assert_eq!(order[0], 10, "the first event stays first");
+        assert_eq!(state.events[1]["data"]["n"], 4);
+        assert_eq!(state.events[2]["data"]["n"], 9);
+        // The batch is full: it starts now, not at its timeout.
+        let state = Spec::given(given)
+            .when(RunCommand::Collect {
+                reason: HoldReason::Batch,
+                event: json!({"name": "e", "data": {"n": 12}}),
+                position: 12,
+                until: t(1),
+                at: t(1),
+            })
+            .then([RunEvent::Batched(collected(12, t(1)))]);
+        assert_eq!(state.due[&CallTarget::Discovery].not_before, Some(t(1)));
+        assert_eq!(state.events.len(), 4);
+    }
+
+    #[test]
+    fn an_event_is_collected_once() {
+        let mut given = collecting(HoldReason::Batch, t(5));
+        given.push(RunEvent::Batched(collected(4, t(5))));
+        Spec::given(given)
+            .when(RunCommand::Collect {
+                reason: HoldReason::Batch,
+                event: json!({"name": "e", "data": {"n": 4}}),
+                position: 4,
+                until: t(5),
+                at: t(2),
+            })
+            .then_nothing_happens();
+    }
+
+    #[test]
+    fn a_run_that_started_collects_nothing_more() {
+        let mut given = collecting(HoldReason::Debounce, t(5));
+        given.push(call_finished(CallTarget::Discovery, 1, 0));
+        Spec::given(given)
+            .when(RunCommand::Collect {
+                reason: HoldReason::Debounce,
+                event: json!({}),
+                position: 3,
+                until: t(8),
+                at: t(6),
+            })
+            .then_error(|e| *e == RunError::NotCollecting);
+        Spec::given([created()])
+            .when(RunCommand::Collect {
+                reason: HoldReason::Batch,
+                event: json!({}),
+                position: 3,
+                until: t(8),
+                at: t(1),
+            })
+            .then_error(|e| *e == RunError::NotCollecting);
     }
 
     #[test]

@@ -75,6 +75,11 @@ async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<Run
             target: target.clone(),
             token: due.token,
         };
+        // A concurrency limit is counted by the scheduler on the calls it queues: a
+        // call of a limited function must go through it.
+        if limited(context, &previous.tenant, &loaded.state) {
+            return;
+        }
         if !context.queue.claim(&job) {
             return;
         }
@@ -89,6 +94,22 @@ async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<Run
             }
         };
     }
+}
+
+fn limited(context: &EngineContext, tenant: &str, state: &RunState) -> bool {
+    let Some(function) = &state.function else {
+        return true;
+    };
+    let space = Space::new(tenant, state.environment);
+    context
+        .registry
+        .version(&space, &function.function_id, function.version)
+        .is_none_or(|f| {
+            f.spec
+                .flow_control
+                .get("concurrency")
+                .is_some_and(|c| !c.is_null())
+        })
 }
 
 /// The log (or the registry in it) could not be read: the job is neither done nor
@@ -121,10 +142,18 @@ pub async fn execute(
             .get(&job.target)
             .is_some_and(|d| d.token == job.token)
     };
+    let early = |loaded: &Loaded<RunState>| {
+        loaded
+            .state
+            .due
+            .get(&job.target)
+            .is_some_and(|d| d.not_before.is_some_and(|t| t > Utc::now()))
+    };
     let loaded = match context.cache.get(job.run_id) {
         // The cache may be behind the log (another process appended since): a job it
-        // does not know may be newer than it, so only the stream can call it stale.
-        Some(cached) if holds_job(&cached) => cached,
+        // does not know may be newer than it, and a start it has as later may have
+        // moved (a full batch starts at once), so only the stream can say no.
+        Some(cached) if holds_job(&cached) && !early(&cached) => cached,
         _ => load().await?,
     };
     let Some(due) = loaded
@@ -138,7 +167,9 @@ pub async fn execute(
         return Ok(None); // stale: the run moved on
     };
     if due.not_before.is_some_and(|t| t > Utc::now()) {
-        return Ok(None); // early: its timer queues it again when it is due
+        // Early (its start moved after it was queued): try again later rather than
+        // drop it, as the queue may refuse the same job again as a duplicate.
+        return Err(NotNow);
     }
     let Some(function_ref) = loaded.state.function.clone() else {
         return Ok(None);

@@ -26,7 +26,9 @@ use chrono::{DateTime, Utc};
 use flowforge_commands::CommandError;
 use flowforge_domain::app::FunctionVersion;
 use flowforge_domain::event::{EventReceived, EventSource, IncomingEvent};
-use flowforge_domain::flow_control::{ConcurrencyLimit, ConcurrencyScope, FlowControl, Throttle};
+use flowforge_domain::flow_control::{
+    Batch, ConcurrencyLimit, ConcurrencyScope, Debounce, FlowControl, Throttle,
+};
 use flowforge_domain::run::{
     CallTarget, CreateRun, FunctionRef, Hold, HoldReason, ParentLink, Run, RunCommand, RunError,
     RunEvent, RunState, RunStatus, StepError, Waiting,
@@ -125,6 +127,33 @@ pub struct Scheduler {
     recovering: bool,
     /// Due calls of limited functions found while recovering, not recorded as held.
     recovered: Vec<(Job, Vec<Need>, i64)>,
+    /// The run of each (function, key) still collecting events (debounce, batch).
+    collecting: HashMap<(Space, String, String), Collecting>,
+    /// Full batches that start once the events given to them are recorded.
+    closing: HashMap<Uuid, Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+/// A run that has not started and takes more events of its key.
+struct Collecting {
+    run_id: Uuid,
+    /// When it starts unless another event puts it off (debounce) or fills it (batch).
+    until: DateTime<Utc>,
+    /// Debounce: the latest it may start (first event + timeout).
+    deadline: Option<DateTime<Utc>>,
+    /// Batch: events in it so far.
+    count: u32,
+    /// Events given to it whose record is not committed yet: it must not start before.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What debounce or batching does with a new event for a function.
+enum Collected {
+    /// The function does neither.
+    No,
+    /// The event joined the run of its key.
+    Joined,
+    /// The event opens a new run, held like this.
+    Opens(Hold),
 }
 
 /// The limits the scheduler applies to a function's calls and starts.
@@ -132,6 +161,8 @@ struct Limits {
     concurrency: Vec<ConcurrencyLimit>,
     throttle: Option<Throttle>,
     priority: Option<String>,
+    debounce: Option<Debounce>,
+    batch: Option<Batch>,
 }
 
 fn metadata(space: &Space) -> EventMetadata {
@@ -192,6 +223,8 @@ impl Scheduler {
             throttles: HashMap::new(),
             recovering: true,
             recovered: Vec::new(),
+            collecting: HashMap::new(),
+            closing: HashMap::new(),
         };
         for (run_id, tenant) in active {
             let Ok(run_id) = run_id.parse::<Uuid>() else {
@@ -366,7 +399,9 @@ impl Scheduler {
             return Ok(());
         }
         if self.recovering {
-            self.recover_throttle(&Space::new(tenant, state.environment), &state);
+            let space = Space::new(tenant, state.environment);
+            self.recover_throttle(&space, &state);
+            self.recover_collecting(run_id, &space, &state);
         }
         self.start_tracking(run_id, tenant, state, version, created_position);
         if let Some(tracked) = self.runs.get_mut(&run_id) {
@@ -565,12 +600,19 @@ impl Scheduler {
             .version(space, &function.function_id, function.version)
             .filter(|f| !f.spec.flow_control.is_null())
             .and_then(|f| FlowControl::parse(&f.spec.flow_control).ok())
-            .filter(|c| !c.concurrency.is_empty() || c.throttle.is_some())
+            .filter(|c| {
+                !c.concurrency.is_empty()
+                    || c.throttle.is_some()
+                    || c.debounce.is_some()
+                    || c.batch.is_some()
+            })
             .map(|c| {
                 Arc::new(Limits {
                     concurrency: c.concurrency,
                     throttle: c.throttle,
                     priority: c.priority,
+                    debounce: c.debounce,
+                    batch: c.batch,
                 })
             });
         self.limits.insert(key, limits.clone());
@@ -945,6 +987,7 @@ impl Scheduler {
             vec![event],
             None,
             Some(link),
+            None,
         );
     }
 
@@ -990,6 +1033,24 @@ impl Scheduler {
         run_id: Uuid,
         function: &FunctionVersion,
         events: Vec<Value>,
+        links: (Option<Uuid>, Option<ParentLink>),
+        hold: Option<Hold>,
+    ) -> CreateRun {
+        let mut create = self.base_run(space, run_id, function, events, links);
+        create.hold = match hold {
+            Some(hold) => Some(hold),
+            None => self.throttle(space, run_id, function, &create.events),
+        };
+        create
+    }
+
+    /// A new run of `function`, with no flow-control decision.
+    fn base_run(
+        &self,
+        space: &Space,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        events: Vec<Value>,
         (replay_of, parent): (Option<Uuid>, Option<ParentLink>),
     ) -> CreateRun {
         let app_id = self
@@ -997,7 +1058,7 @@ impl Scheduler {
             .registry
             .app_of(space, &function.spec.id)
             .unwrap_or_default();
-        let mut create = CreateRun {
+        CreateRun {
             run_id,
             function: FunctionRef {
                 app_id,
@@ -1013,9 +1074,7 @@ impl Scheduler {
             skip: None,
             hold: None,
             at: Utc::now(),
-        };
-        create.hold = self.throttle(space, run_id, function, &create.events);
-        create
+        }
     }
 
     /// When a throttled function's new run may start: each (function, key) starts
@@ -1072,6 +1131,206 @@ impl Scheduler {
         })
     }
 
+    /// Debounce and batches: gives the event to the run of its key still collecting,
+    /// or says how to hold the run it opens.
+    fn collect(
+        &mut self,
+        position: u64,
+        space: &Space,
+        run_id: Uuid,
+        function: &FunctionVersion,
+        event: &Value,
+    ) -> Collected {
+        let reference = FunctionRef {
+            app_id: String::new(),
+            function_id: function.spec.id.clone(),
+            version: function.version,
+        };
+        let Some(limits) = self.limits(space, &reference) else {
+            return Collected::No;
+        };
+        let now = Utc::now();
+        let (reason, key_expression) = match (&limits.debounce, &limits.batch) {
+            (Some(d), _) => (HoldReason::Debounce, d.key.as_deref()),
+            (None, Some(b)) if b.max_size > 1 => (HoldReason::Batch, b.key.as_deref()),
+            _ => return Collected::No,
+        };
+        let key = key_text(&self.context.expressions, key_expression, event);
+        let slot = (space.clone(), function.spec.id.clone(), key.clone());
+        if let Some(open) = self.collecting.get_mut(&slot) {
+            if open.run_id == run_id {
+                // Read again after a restart: the event that opened the run.
+                return Collected::Joined;
+            }
+            let until = match (&limits.debounce, &limits.batch) {
+                (Some(d), _) => {
+                    let quiet = now + d.period;
+                    let until = open.deadline.map_or(quiet, |deadline| quiet.min(deadline));
+                    open.until = open.until.max(until);
+                    until
+                }
+                (None, Some(b)) => {
+                    open.count += 1;
+                    if open.count >= b.max_size {
+                        open.until = now;
+                    }
+                    open.until
+                }
+                (None, None) => return Collected::No,
+            };
+            let (into, pending) = (open.run_id, open.pending.clone());
+            let full = reason == HoldReason::Batch && until <= now;
+            pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let context = self.context.clone();
+            let meta = metadata(space);
+            let command = RunCommand::Collect {
+                reason,
+                event: event.clone(),
+                position,
+                until,
+                at: now,
+            };
+            let fallback =
+                self.base_run(space, run_id, function, vec![event.clone()], (None, None));
+            self.effect(position, async move {
+                let result = collect_into(&context, &meta, into, command, fallback).await;
+                pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                result
+            });
+            if full {
+                // Full: no more events for it; it starts once its records are in.
+                if let Some(open) = self.collecting.remove(&slot) {
+                    self.start_collected(open);
+                }
+            }
+            return Collected::Joined;
+        }
+        let (until, deadline, detail) = match (reason, &limits.debounce, &limits.batch) {
+            (HoldReason::Debounce, Some(d), _) => (
+                now + d.period,
+                d.timeout.map(|t| now + t),
+                format!(
+                    "debounced: starts after {}s without another event{} (at most {})",
+                    d.period.num_milliseconds() as f64 / 1000.0,
+                    for_key(&key),
+                    d.timeout
+                        .map_or("no limit".to_owned(), |t| format!("{}s", t.num_seconds()))
+                ),
+            ),
+            (_, _, Some(b)) => (
+                now + b.timeout,
+                None,
+                format!(
+                    "batching up to {} events{} for at most {}s",
+                    b.max_size,
+                    for_key(&key),
+                    b.timeout.num_milliseconds() as f64 / 1000.0
+                ),
+            ),
+            _ => return Collected::No,
+        };
+        self.collecting.insert(
+            slot,
+            Collecting {
+                run_id,
+                until,
+                deadline,
+                count: 1,
+                pending: Arc::default(),
+            },
+        );
+        Collected::Opens(Hold {
+            reason,
+            key,
+            detail,
+            until: Some(until),
+        })
+    }
+
+    /// A collecting run (batch full) starts as soon as the events given to it are
+    /// recorded.
+    fn start_collected(&mut self, open: Collecting) {
+        self.closing.insert(open.run_id, open.pending.clone());
+        let Some(tracked) = self.runs.get(&open.run_id) else {
+            // Not read back yet: its first call's timer starts it.
+            return;
+        };
+        if let Some(due) = tracked.state.due.get(&CallTarget::Discovery) {
+            let job = Job {
+                tenant: tracked.space.tenant.clone(),
+                run_id: open.run_id,
+                target: CallTarget::Discovery,
+                token: due.token,
+            };
+            self.timers.add(Utc::now(), Timer::Enqueue(job));
+        }
+    }
+
+    /// Whether a held first call may go now: not while its run still collects events
+    /// (their start moved, or their records are not in yet).
+    fn collecting_until(&mut self, run_id: Uuid) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        if let Some(pending) = self.closing.get(&run_id) {
+            if pending.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                return Some(now + chrono::Duration::milliseconds(20));
+            }
+            self.closing.remove(&run_id);
+            return None;
+        }
+        let slot = self
+            .collecting
+            .iter()
+            .find(|(_, open)| open.run_id == run_id)
+            .map(|(slot, open)| {
+                (
+                    slot.clone(),
+                    open.until,
+                    open.pending.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            })?;
+        let (slot, until, pending) = slot;
+        if until > now {
+            return Some(until);
+        }
+        if pending > 0 {
+            return Some(now + chrono::Duration::milliseconds(20));
+        }
+        // It starts: later events open a new run.
+        self.collecting.remove(&slot);
+        None
+    }
+
+    /// Runs recorded as collecting when this scheduler took over go on collecting.
+    fn recover_collecting(&mut self, run_id: Uuid, space: &Space, state: &RunState) {
+        let Some(held) = state
+            .held
+            .get(&CallTarget::Discovery)
+            .filter(|h| matches!(h.reason, HoldReason::Debounce | HoldReason::Batch))
+        else {
+            return;
+        };
+        let (Some(function), Some(until)) = (state.function.clone(), held.until) else {
+            return;
+        };
+        let limits = self.limits(space, &function);
+        let deadline = limits
+            .as_ref()
+            .and_then(|l| l.debounce.as_ref())
+            .and_then(|d| d.timeout)
+            .zip(state.created_at)
+            .map(|(timeout, created)| created + timeout);
+        self.collecting.insert(
+            (space.clone(), function.function_id, held.key.clone()),
+            Collecting {
+                run_id,
+                until,
+                deadline,
+                count: u32::try_from(state.events.len()).unwrap_or(u32::MAX),
+                pending: Arc::default(),
+            },
+        );
+    }
+
     /// A run recorded as throttled when this scheduler took over: later runs of its
     /// key start after it.
     fn recover_throttle(&mut self, space: &Space, state: &RunState) {
@@ -1111,14 +1370,16 @@ impl Scheduler {
         events: Vec<Value>,
         replay_of: Option<Uuid>,
         parent: Option<ParentLink>,
+        hold: Option<Hold>,
     ) {
-        let create = self.new_run(space, run_id, function, events, (replay_of, parent));
+        let create = self.new_run(space, run_id, function, events, (replay_of, parent), hold);
         self.command(position, space, run_id, RunCommand::Create(create));
     }
 
     /// Creates a run whose function limits how many runs start (rate limit,
     /// idempotency): each limit's admission is decided first, and a run refused by one
     /// is created skipped, with the reason.
+    #[allow(clippy::too_many_arguments)]
     fn create_admitted_run(
         &mut self,
         position: u64,
@@ -1127,8 +1388,9 @@ impl Scheduler {
         function: &FunctionVersion,
         event: Value,
         gates: Vec<crate::admission::Gate>,
+        hold: Option<Hold>,
     ) {
-        let mut create = self.new_run(space, run_id, function, vec![event], (None, None));
+        let mut create = self.new_run(space, run_id, function, vec![event], (None, None), hold);
         let context = self.context.clone();
         let meta = metadata(space);
         let space = space.clone();
@@ -1223,6 +1485,13 @@ impl Scheduler {
                 &event_json,
                 received.received_at,
             );
+            // Debounce and batches: the event joins the run of its key that is still
+            // collecting, or opens one.
+            let hold = match self.collect(position, &space, run_id, &function, &event_json) {
+                Collected::Joined => continue,
+                Collected::Opens(hold) => Some(hold),
+                Collected::No => None,
+            };
             if gates.is_empty() {
                 self.create_run(
                     position,
@@ -1232,6 +1501,7 @@ impl Scheduler {
                     vec![event_json.clone()],
                     None,
                     None,
+                    hold,
                 );
             } else {
                 self.create_admitted_run(
@@ -1241,6 +1511,7 @@ impl Scheduler {
                     &function,
                     event_json.clone(),
                     gates,
+                    hold,
                 );
             }
         }
@@ -1355,6 +1626,10 @@ impl Scheduler {
         match timer {
             Timer::Enqueue(job) => {
                 if self.still_due(&job) {
+                    if let Some(later) = self.collecting_until(job.run_id) {
+                        self.timers.add(later, Timer::Enqueue(job));
+                        return;
+                    }
                     self.dispatch(job, position);
                 }
             }
@@ -1539,6 +1814,57 @@ impl Scheduler {
 }
 
 /// What an invoked run's end gives the step that invoked it; `None` while it runs.
+fn for_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" of key `{key}`")
+    }
+}
+
+/// Gives an event to a run still collecting them; if it has started after all (the
+/// event came as it did), the event gets a run of its own, so it is never lost.
+async fn collect_into(
+    context: &EngineContext,
+    meta: &EventMetadata,
+    run_id: Uuid,
+    command: RunCommand,
+    fallback: CreateRun,
+) -> Result<(), String> {
+    let stream = flowforge_domain::run::stream_id(run_id);
+    let mut backoff = Duration::from_millis(10);
+    for _ in 0..50 {
+        match context
+            .commands
+            .handle::<Run>(&stream, meta, || command.clone())
+            .await
+        {
+            Ok(handled) => {
+                context
+                    .cache
+                    .put(run_id, handled.state, handled.stream_version);
+                return Ok(());
+            }
+            // The run that the event joins is being created by an effect of an
+            // earlier event.
+            Err(CommandError::Domain(RunError::NotFound)) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(CommandError::Domain(RunError::NotCollecting | RunError::Finished(_))) => break,
+            Err(CommandError::Contention { .. }) => tokio::time::sleep(backoff).await,
+            Err(CommandError::Store(e)) if e.is_transient() => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(other) => return Err(format!("run {run_id}: {other}")),
+        }
+    }
+    tracing::warn!(%run_id, "a run no longer collects events; the event starts its own run");
+    let own = fallback.run_id;
+    run_command(context, meta, own, RunCommand::Create(fallback)).await
+}
+
 /// The time between two run starts of a throttle.
 fn emission_interval(throttle: &Throttle) -> chrono::Duration {
     throttle.period / i32::try_from(throttle.limit.max(1)).unwrap_or(i32::MAX)

@@ -246,7 +246,56 @@ async fn impossible_settings_are_refused_at_sync(backend: TestBackend) {
     server.stop().await;
 }
 
+/// One process (the in-process queue, whose workers run a run's next call at once):
+/// a concurrency limit still counts every call.
+async fn a_concurrency_limit_holds_in_one_process(backend: TestBackend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n2, m2) = (now.clone(), most.clone());
+    let _app = SdkApp::start(&server.url, move |server, serve| {
+        App::new("limits", server, serve).function(
+            Function::new("slow")
+                .trigger_event("fc/slow")
+                .flow_control("concurrency", json!([{"limit": 2}]))
+                .handler(move |ctx, step| {
+                    let (now, most) = (n2.clone(), m2.clone());
+                    async move {
+                        for name in ["a", "b"] {
+                            let (now, most) = (now.clone(), most.clone());
+                            step.run(name, move || async move {
+                                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                                most.fetch_max(running, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(60)).await;
+                                now.fetch_sub(1, Ordering::SeqCst);
+                                Ok::<_, flowforge_sdk::Error>(json!(1))
+                            })
+                            .await?;
+                        }
+                        Ok(ctx.event["data"]["n"].clone())
+                    }
+                }),
+        )
+    })
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(api.send("fc/slow", json!({"n": n})).await);
+    }
+    for id in &ids {
+        let run_id = api.runs_of_event(id, 1, TIMEOUT).await.remove(0);
+        let run = api.finished_run(&run_id, TIMEOUT).await;
+        assert_eq!(run["status"], "completed", "{run}");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} steps ran at once under a limit of 2");
+    assert_eq!(most, 2, "the limit allows two at once");
+}
+
 flowforge_tests::on_both_backends!(
+    a_concurrency_limit_holds_in_one_process,
     a_rate_limit_skips_runs_beyond_it_per_key_and_says_why,
     idempotency_runs_one_run_per_key,
     a_singleton_skips_or_replaces_the_active_run_of_its_key,

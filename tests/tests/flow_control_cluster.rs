@@ -381,6 +381,134 @@ async fn a_killed_process_gives_its_slot_back_within_the_lease() {
     );
 }
 
+/// The runs of the cluster app's one function, once `count` of them completed.
+async fn completed_runs_of_function(api: &Api, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (status, page) = api
+            .get("/api/v1/runs?function=fc-cluster-collector&limit=100")
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap().clone();
+        if items.iter().filter(|r| r["status"] == "completed").count() >= count {
+            return items;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} runs never completed: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn collector_app(control: (&'static str, Value)) -> impl FnOnce(String, String) -> App {
+    move |server, serve| {
+        App::new("fc-cluster", server, serve).function(
+            Function::new("collector")
+                .trigger_event("fc/collect")
+                .flow_control(control.0, control.1)
+                .handler(|ctx, _step| async move {
+                    let ns: Vec<Value> =
+                        ctx.events.iter().map(|e| e["data"]["n"].clone()).collect();
+                    Ok(json!({"event": ctx.event["data"]["n"], "ns": ns}))
+                }),
+        )
+    }
+}
+
+async fn a_burst_of_20_events_within_the_debounce_period_runs_once_with_the_last() {
+    let Some((_backend, _nats, processes)) = start(&[]).await else {
+        return;
+    };
+    let _app = SdkApp::start_for(
+        &processes[0],
+        collector_app((
+            "debounce",
+            json!({"period": "2s", "key": "event.data.user", "timeout": "1m"}),
+        )),
+    )
+    .await;
+    let apis: Vec<Api> = processes.iter().map(ServerProcess::api).collect();
+    let mut first_run = None;
+    for n in 0..20 {
+        let id = apis[n % 2]
+            .send("fc/collect", json!({"n": n, "user": "ann"}))
+            .await;
+        if n == 0 {
+            first_run = Some(apis[0].runs_of_event(&id, 1, TIMEOUT).await.remove(0));
+        }
+    }
+    // While the burst lasts, the run says it is debounced.
+    let (_, waiting) = apis[1]
+        .get(&format!("/api/v1/runs/{}", first_run.clone().unwrap()))
+        .await;
+    assert!(
+        waiting["status"] == "completed" || waiting["flow_control"]["state"] == "debounced",
+        "{waiting}"
+    );
+    let runs = completed_runs_of_function(&apis[0], 1).await;
+    // A quiet period later, still one run.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let runs_after = completed_runs_of_function(&apis[0], 1).await;
+    assert_eq!(runs_after.len(), 1, "{runs_after:?}");
+    assert_eq!(runs[0]["id"], runs_after[0]["id"]);
+    let run = apis[0]
+        .finished_run(runs[0]["id"].as_str().unwrap(), TIMEOUT)
+        .await;
+    assert_eq!(run["output"], json!({"event": 19, "ns": [19]}), "{run}");
+    assert_eq!(run["holds"][0]["reason"], "debounce", "{run}");
+    assert_eq!(run["holds"][0]["events"], 20, "{run}");
+}
+
+async fn a_batch_of_10_with_a_2s_timeout_runs_25_events_as_10_10_and_5() {
+    let Some((_backend, _nats, processes)) = start(&[]).await else {
+        return;
+    };
+    let _app = SdkApp::start_for(
+        &processes[0],
+        collector_app(("batchEvents", json!({"maxSize": 10, "timeout": "2s"}))),
+    )
+    .await;
+    let apis: Vec<Api> = processes.iter().map(ServerProcess::api).collect();
+    // One by one, so that the log's order is the order of `n`.
+    for n in 0..25 {
+        apis[n % 2].send("fc/collect", json!({"n": n})).await;
+    }
+    let runs = completed_runs_of_function(&apis[0], 3).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let runs = {
+        let after = completed_runs_of_function(&apis[0], 3).await;
+        assert_eq!(after.len(), runs.len().max(3), "{after:?}");
+        after
+    };
+    let mut sizes = Vec::new();
+    let mut all = Vec::new();
+    for run in &runs {
+        let ns = run["output"]["ns"].as_array().unwrap();
+        sizes.push(ns.len());
+        all.extend(ns.iter().map(|n| n.as_i64().unwrap()));
+        // In log order within a batch, and the batches one after the other.
+        let in_order: Vec<i64> = ns.iter().map(|n| n.as_i64().unwrap()).collect();
+        let mut sorted = in_order.clone();
+        sorted.sort();
+        assert_eq!(in_order, sorted, "{run}");
+    }
+    sizes.sort();
+    assert_eq!(sizes, vec![5, 10, 10], "{runs:?}");
+    let mut firsts: Vec<i64> = runs
+        .iter()
+        .map(|r| r["output"]["ns"][0].as_i64().unwrap())
+        .collect();
+    firsts.sort();
+    assert_eq!(firsts, vec![0, 10, 20], "{runs:?}");
+    all.sort();
+    assert_eq!(
+        all,
+        (0..25).collect::<Vec<i64>>(),
+        "every event in exactly one batch"
+    );
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -399,5 +527,7 @@ mod production {
         a_waiting_run_says_what_it_waits_for,
         a_throttle_of_10_per_second_spaces_100_run_starts_and_drops_none,
         a_killed_process_gives_its_slot_back_within_the_lease,
+        a_burst_of_20_events_within_the_debounce_period_runs_once_with_the_last,
+        a_batch_of_10_with_a_2s_timeout_runs_25_events_as_10_10_and_5,
     );
 }

@@ -80,22 +80,19 @@ fn bench_app(server_url: String, serve_url: String, control: &str) -> App {
     if control == "keyed-concurrency" {
         function = function.flow_control("concurrency", json!([{"limit": 1, "key": "event.id"}]));
     }
-    App::new("bench", server_url, serve_url).function(
-        function
-            .handler(|ctx, step| async move {
-                let v = ctx.event["data"]["input"].as_i64().unwrap_or(0);
-                let v: i64 = step
-                    .run("step1", move || async move { Ok::<_, SdkError>(v + 1) })
-                    .await?;
-                let v: i64 = step
-                    .run("step2", move || async move { Ok::<_, SdkError>(v + 1) })
-                    .await?;
-                let v: i64 = step
-                    .run("step3", move || async move { Ok::<_, SdkError>(v + 1) })
-                    .await?;
-                Ok(v)
-            }),
-    )
+    App::new("bench", server_url, serve_url).function(function.handler(|ctx, step| async move {
+        let v = ctx.event["data"]["input"].as_i64().unwrap_or(0);
+        let v: i64 = step
+            .run("step1", move || async move { Ok::<_, SdkError>(v + 1) })
+            .await?;
+        let v: i64 = step
+            .run("step2", move || async move { Ok::<_, SdkError>(v + 1) })
+            .await?;
+        let v: i64 = step
+            .run("step3", move || async move { Ok::<_, SdkError>(v + 1) })
+            .await?;
+        Ok(v)
+    }))
 }
 
 /// What `flowforge serve` requires, as production sets it up: a token secret, a
@@ -250,8 +247,7 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                     dir.display().to_string(),
                 ];
                 let label = format!("{backend}{suffix}");
-                let result =
-                    measure(&args, (&label, control), &paths, &[server_args], None).await;
+                let result = measure(&args, (&label, control), &paths, &[server_args], None).await;
                 // FLOWFORGE_BENCH_KEEP=1 keeps the data for inspection (e.g. per-event timings).
                 if std::env::var("FLOWFORGE_BENCH_KEEP").is_ok_and(|v| v == "1") {
                     eprintln!("kept {}", dir.display());

@@ -55,19 +55,26 @@ pub fn row_json(row: &RunRow) -> Value {
         "replay_of": row.replay_of,
         "parent_run_id": row.parent_run_id,
         "skipped": row.skip_reason.as_ref().map(|reason| json!({"reason": reason, "detail": row.skip_detail})),
-        "flow_control": flow_control_json(row),
+        "flow_control": flow_control_json(row_flow(row)),
     })
+}
+
+/// A hold as the run views show it: reason, key, detail, since and until (ms).
+type HoldView<'a> = (&'a str, &'a str, &'a str, Option<i64>, Option<i64>);
+
+/// A run's flow-control state, from its row or folded from its stream.
+pub struct FlowState<'a> {
+    pub skip: Option<(&'a str, &'a str)>,
+    pub hold: Option<HoldView<'a>>,
 }
 
 /// What flow control is doing to a run right now, in words: waiting for a slot,
 /// throttled until a time, skipped (and why). `None` when it holds nothing back.
-pub fn flow_control_json(row: &RunRow) -> Option<Value> {
-    if let Some(reason) = &row.skip_reason {
-        let detail = row.skip_detail.clone().unwrap_or_default();
-        let by = match reason.as_str() {
+pub fn flow_control_json(flow: FlowState<'_>) -> Option<Value> {
+    if let Some((reason, detail)) = flow.skip {
+        let by = match reason {
             "rate_limited" => "rate limit",
             "idempotent" => "idempotency",
-            "singleton" => "singleton",
             other => other,
         };
         return Some(json!({
@@ -77,21 +84,23 @@ pub fn flow_control_json(row: &RunRow) -> Option<Value> {
             "message": format!("skipped by {by}: {detail}"),
         }));
     }
-    let reason = row.hold_reason.as_deref()?;
-    let key = row.hold_key.clone().unwrap_or_default();
+    let (reason, key, detail, since, until) = flow.hold?;
     let on_key = if key.is_empty() {
         String::new()
     } else {
         format!(" of key `{key}`")
     };
-    let until = millis_to_rfc3339(row.hold_until);
+    let until = millis_to_rfc3339(until);
+    let until_text = until.clone().unwrap_or_default();
     let (state, message) = match reason {
-        "throttle" => (
-            "throttled",
-            format!(
-                "throttled until {}{on_key}",
-                until.clone().unwrap_or_default()
-            ),
+        "throttle" => ("throttled", format!("throttled until {until_text}{on_key}")),
+        "debounce" => (
+            "debounced",
+            format!("debounced until {until_text}{on_key}, unless another event comes"),
+        ),
+        "batch" => (
+            "batching",
+            format!("collecting a batch{on_key} until {until_text}, or until it is full"),
         ),
         _ => (
             "waiting_for_concurrency",
@@ -102,11 +111,29 @@ pub fn flow_control_json(row: &RunRow) -> Option<Value> {
         "state": state,
         "reason": reason,
         "key": key,
-        "detail": row.hold_detail,
-        "since": millis_to_rfc3339(row.hold_since),
+        "detail": detail,
+        "since": millis_to_rfc3339(since),
         "until": until,
         "message": message,
     }))
+}
+
+fn row_flow(row: &RunRow) -> FlowState<'_> {
+    FlowState {
+        skip: row
+            .skip_reason
+            .as_deref()
+            .map(|r| (r, row.skip_detail.as_deref().unwrap_or_default())),
+        hold: row.hold_reason.as_deref().map(|r| {
+            (
+                r,
+                row.hold_key.as_deref().unwrap_or_default(),
+                row.hold_detail.as_deref().unwrap_or_default(),
+                row.hold_since,
+                row.hold_until,
+            )
+        }),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +368,12 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
                     }
                 }
             }
+            RunEvent::Debounced(collected) | RunEvent::Batched(collected) => {
+                if let Some(hold) = holds.last_mut() {
+                    hold["until"] = json!(collected.until.to_rfc3339());
+                    hold["events"] = json!(hold["events"].as_u64().unwrap_or(1) + 1);
+                }
+            }
             RunEvent::Created(_)
             | RunEvent::Completed(_)
             | RunEvent::Failed(_)
@@ -357,9 +390,27 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
             Ok(RunEvent::Cancelled(c)) => Some(c.reason),
             _ => None,
         });
-    let skipped = events.iter().find_map(|e| match e.decode::<RunEvent>() {
-        Ok(RunEvent::Skipped(s)) => Some(json!({"reason": s.reason, "detail": s.detail})),
+    let skip = events.iter().find_map(|e| match e.decode::<RunEvent>() {
+        Ok(RunEvent::Skipped(s)) => Some(s),
         _ => None,
+    });
+    let skipped = skip
+        .as_ref()
+        .map(|s| json!({"reason": s.reason, "detail": s.detail}));
+    let held = state.held.values().next();
+    let flow = flow_control_json(FlowState {
+        skip: skip
+            .as_ref()
+            .map(|s| (s.reason.as_str(), s.detail.as_str())),
+        hold: held.map(|h| {
+            (
+                h.reason.as_str(),
+                h.key.as_str(),
+                h.detail.as_str(),
+                Some(h.since.timestamp_millis()),
+                h.until.map(|u| u.timestamp_millis()),
+            )
+        }),
     });
     Ok(json!({
         "id": run_id,
@@ -377,6 +428,7 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
         "error": state.error,
         "cancel_reason": cancelled,
         "skipped": skipped,
+        "flow_control": flow,
         "holds": holds,
         "replay_of": state.replay_of,
         "parent": state.parent,
@@ -395,33 +447,31 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let (run_id, events) = run_stream(&state, &caller, &id).await?;
     let mut view = run_view(run_id, &events)?;
-    // The current flow-control state reads like the run list's, with how many runs
-    // wait ahead of this one for the same slot.
-    let row = state
-        .platform
-        .reads(&caller)
-        .run(&run_id.to_string())
-        .await?;
-    if let Some(row) = row
-        && let Some(mut flow) = flow_control_json(&row)
+    // How many runs wait ahead of this one for the same slot (the read model knows).
+    if view["flow_control"]["reason"] == "concurrency"
+        && let (Some(key), Some(since)) = (
+            view["flow_control"]["key"].as_str().map(str::to_owned),
+            view["flow_control"]["since"]
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok()),
+        )
+        && let Some(row) = state
+            .platform
+            .reads(&caller)
+            .run(&run_id.to_string())
+            .await?
     {
-        if row.hold_reason.as_deref() == Some("concurrency")
-            && let (Some(key), Some(since)) = (&row.hold_key, row.hold_since)
-        {
-            let ahead = state
-                .platform
-                .reads(&caller)
-                .held_ahead(&row, key, since)
-                .await?;
-            flow["ahead"] = json!(ahead);
-            flow["message"] = json!(format!(
-                "{}, {ahead} ahead",
-                flow["message"].as_str().unwrap_or_default()
-            ));
-        }
-        view["flow_control"] = flow;
-    } else {
-        view["flow_control"] = Value::Null;
+        let ahead = state
+            .platform
+            .reads(&caller)
+            .held_ahead(&row, &key, since.timestamp_millis())
+            .await?;
+        let flow = &mut view["flow_control"];
+        flow["ahead"] = json!(ahead);
+        flow["message"] = json!(format!(
+            "{}, {ahead} ahead",
+            flow["message"].as_str().unwrap_or_default()
+        ));
     }
     Ok(Json(view))
 }

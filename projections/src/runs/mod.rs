@@ -3,6 +3,7 @@
 
 use flowforge_domain::run::{RunEvent, RunStatus, StepOutput};
 use flowforge_store::{LogFilter, StoredEvent};
+use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -299,6 +300,18 @@ impl DocumentProjection for RunsProjection {
                         if row.hold_token == Some(token(released.token)) {
                             row.clear_hold();
                         }
+                    }
+                    RunEvent::Debounced(collected) => {
+                        // The run now runs with the latest event (as the run view shows).
+                        if let Some(id) = collected.event.get("id").and_then(Value::as_str) {
+                            row.event_id = Some(id.to_owned());
+                        }
+                        row.hold_until =
+                            row.hold_until.max(Some(collected.until.timestamp_millis()));
+                    }
+                    RunEvent::Batched(collected) => {
+                        let until = collected.until.timestamp_millis();
+                        row.hold_until = Some(row.hold_until.map_or(until, |u| u.min(until)));
                     }
                 }
                 if row.finished_at.is_some() {
