@@ -95,6 +95,10 @@ struct Tracked {
     dispatched: HashSet<(CallTarget, u64)>,
     /// Waiting steps whose end already has a timer.
     timed: HashSet<String>,
+    /// Its function's limits, once looked up.
+    limits: Option<Option<Arc<Limits>>>,
+    /// The concurrency slots its calls need and its priority (ms), once known.
+    needs: Option<(Vec<Need>, i64)>,
 }
 
 pub struct Scheduler {
@@ -451,6 +455,8 @@ impl Scheduler {
                 wait_positions: HashMap::new(),
                 dispatched: HashSet::new(),
                 timed: HashSet::new(),
+                limits: None,
+                needs: None,
             },
         );
     }
@@ -665,27 +671,58 @@ impl Scheduler {
         let Some(tracked) = self.runs.get(&job.run_id) else {
             return;
         };
-        let (space, state) = (tracked.space.clone(), &tracked.state);
-        let Some(function) = state.function.clone() else {
+        let limits = match &tracked.limits {
+            Some(known) => known.clone(),
+            None => {
+                let (space, function) = (tracked.space.clone(), tracked.state.function.clone());
+                let limits = function.and_then(|f| self.limits(&space, &f));
+                if let Some(tracked) = self.runs.get_mut(&job.run_id) {
+                    tracked.limits = Some(limits.clone());
+                }
+                limits
+            }
+        };
+        let Some(limits) = limits.filter(|l| !l.concurrency.is_empty()) else {
             return self.enqueue(job);
         };
+        let Some(tracked) = self.runs.get(&job.run_id) else {
+            return;
+        };
+        let (space, function_id) = (
+            tracked.space.clone(),
+            tracked
+                .state
+                .function
+                .as_ref()
+                .map(|f| f.function_id.clone())
+                .unwrap_or_default(),
+        );
         // Lines are first come, first served by run: a run already under way goes
         // before runs that have not started.
-        let arrived = state.created_at.unwrap_or_else(Utc::now).timestamp_millis();
-        let event = state.events.first().cloned().unwrap_or(Value::Null);
-        let recorded = state
+        let arrived = tracked
+            .state
+            .created_at
+            .unwrap_or_else(Utc::now)
+            .timestamp_millis();
+        let recorded = tracked
+            .state
             .held
             .get(&job.target)
             .is_some_and(|h| h.token == job.token && h.reason == HoldReason::Concurrency);
-        let Some(limits) = self.limits(&space, &function) else {
-            return self.enqueue(job);
+        // Keys and priority are the run's: evaluated once, at its first call.
+        let (needs, priority) = match &tracked.needs {
+            Some(known) => known.clone(),
+            None => {
+                let event = tracked.state.events.first().cloned().unwrap_or(Value::Null);
+                let needs = self.needs(&space, &function_id, &limits, &event);
+                let priority = self.priority_ms(&limits, &event);
+                if let Some(tracked) = self.runs.get_mut(&job.run_id) {
+                    tracked.needs = Some((needs.clone(), priority));
+                }
+                (needs, priority)
+            }
         };
-        if limits.concurrency.is_empty() {
-            return self.enqueue(job);
-        }
-        let needs = self.needs(&space, &function.function_id, &limits, &event);
         let call: CallId = (job.run_id, job.target.clone(), job.token);
-        let priority = self.priority_ms(&limits, &event);
         if recorded {
             self.slots.line_up_held(call, needs, arrived - priority);
             return;

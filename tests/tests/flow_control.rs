@@ -294,7 +294,53 @@ async fn a_concurrency_limit_holds_in_one_process(backend: TestBackend) {
     assert_eq!(most, 2, "the limit allows two at once");
 }
 
+/// A steady stream of events never goes quiet: the debounce timeout still starts a run.
+async fn a_debounce_timeout_runs_a_steady_stream(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let _app = SdkApp::start(&server.url, |server, serve| {
+        App::new("limits", server, serve).function(
+            Function::new("digest")
+                .trigger_event("fc/tick")
+                .flow_control(
+                    "debounce",
+                    json!({"period": "1s", "timeout": "2s", "key": "event.data.feed"}),
+                )
+                .handler(|ctx, _step| async move { Ok(ctx.event["data"]["n"].clone()) }),
+        )
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut first_run = None;
+    let mut n = 0;
+    // An event every 300 ms for 4 s: never a quiet second.
+    while started.elapsed() < Duration::from_secs(4) {
+        api.send("fc/tick", json!({"n": n, "feed": "news"})).await;
+        n += 1;
+        if first_run.is_none() {
+            let (_, page) = api
+                .get("/api/v1/runs?function=limits-digest&status=completed")
+                .await;
+            if let Some(run) = page["items"].as_array().and_then(|i| i.first()) {
+                first_run = Some((started.elapsed(), run["output"].clone()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (at, output) = first_run.expect("a run completed while the stream went on");
+    assert!(
+        at < Duration::from_secs(4),
+        "the first run completed after {at:?}"
+    );
+    let last_before = output.as_i64().unwrap();
+    assert!(
+        (4..n - 1).contains(&last_before),
+        "the run took the latest event at its start (n = {last_before} of {n})"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    a_debounce_timeout_runs_a_steady_stream,
     a_concurrency_limit_holds_in_one_process,
     a_rate_limit_skips_runs_beyond_it_per_key_and_says_why,
     idempotency_runs_one_run_per_key,

@@ -164,3 +164,19 @@ def test_flow_control_settings_reach_the_server_and_hold(client):
     assert first["output"] == order
     assert second["status"] == "skipped", second
     assert second["skipped"]["reason"] == "idempotent"
+
+
+def test_a_keyed_concurrency_limit_runs_one_step_at_a_time_per_key(client):
+    from workflows import IN_FLIGHT
+
+    customer = key()
+    ids = client.send_events([{"name": "py/exclusive", "data": {"customer": customer}}
+                              for _ in range(4)])
+    runs = [client.wait_for_run(client.runs_of_event(i, 1, TIMEOUT)[0]["id"], TIMEOUT)
+            for i in ids]
+    assert [r["status"] for r in runs] == ["completed"] * 4, runs
+    assert [r["output"] for r in runs] == [customer] * 4
+    assert IN_FLIGHT["most"] == 1, IN_FLIGHT
+    holds = [h for r in runs for h in r["holds"]]
+    assert holds, "four runs of one key never waited"
+    assert all(h["reason"] == "concurrency" and h["key"] == customer for h in holds), holds

@@ -150,3 +150,21 @@ async def greedy(ctx: flowforge.Context):
                     rate_limit={"limit": 5, "period": "1m", "key": "event.data.order_id"})
 async def once_per_order(ctx: flowforge.Context):
     return await step.run("charge", lambda: ctx.event.data["order_id"])
+
+
+# Step bodies of `one-per-customer` executing right now, and the most there ever were.
+IN_FLIGHT = {"now": 0, "most": 0}
+
+
+async def _exclusive_work(customer: str) -> str:
+    IN_FLIGHT["now"] += 1
+    IN_FLIGHT["most"] = max(IN_FLIGHT["most"], IN_FLIGHT["now"])
+    await asyncio.sleep(0.1)
+    IN_FLIGHT["now"] -= 1
+    return customer
+
+
+@flowforge.function(id="one-per-customer", trigger=flowforge.trigger.event("py/exclusive"),
+                    concurrency={"limit": 1, "key": "event.data.customer"})
+async def one_per_customer(ctx: flowforge.Context):
+    return await step.run("work", _exclusive_work, ctx.event.data["customer"])
