@@ -8,6 +8,7 @@
 use flowforge_projections::document::Document;
 use flowforge_projections::events::EventRow;
 use flowforge_projections::runs::RunRow;
+use flowforge_projections::tasks::TaskRow;
 use flowforge_projections::{Dialect, ReadDb};
 
 use crate::caller::Caller;
@@ -29,6 +30,19 @@ pub struct RunFilter<'a> {
     /// Milliseconds since the Unix epoch, inclusive / exclusive.
     pub from: Option<i64>,
     pub to: Option<i64>,
+}
+
+/// Which tasks the board shows (`GET /api/v1/tasks`); `None` means any.
+#[derive(Debug, Default)]
+pub struct TaskFilter {
+    pub statuses: Option<Vec<String>>,
+    /// A user's or agent's id; `none`: unassigned.
+    pub assignee: Option<String>,
+    pub label: Option<String>,
+    pub priority: Option<String>,
+    pub parent: Option<String>,
+    /// Words that must all appear in the title or the description (any case).
+    pub q: Option<String>,
 }
 
 const EVENT_COLUMNS: &str =
@@ -161,6 +175,152 @@ impl<'a> TenantReads<'a> {
         .await
         .map_err(ApiError::internal)?;
         rows(&found)
+    }
+
+    /// The task with this number (`FF-<number>`), when the board has it.
+    pub async fn task_id_by_number(&self, number: u64) -> Result<Option<String>, ApiError> {
+        sqlx::query_scalar("SELECT task_id FROM tasks WHERE tenant_id = $1 AND number = $2")
+            .bind(self.tenant)
+            .bind(i64::try_from(number).unwrap_or(i64::MAX))
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// Sub-tasks of `task_id` that are neither done nor cancelled.
+    pub async fn open_subtasks(&self, task_id: &str) -> Result<u32, ApiError> {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE tenant_id = $1 AND parent_id = $2 \
+               AND status NOT IN ('done', 'cancelled')",
+        )
+        .bind(self.tenant)
+        .bind(task_id)
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(u32::try_from(open).unwrap_or(u32::MAX))
+    }
+
+    /// The conditions of a task filter, from parameter `$first` on, and their values
+    /// (the status list last, so counts can leave it out).
+    fn task_conditions(
+        &self,
+        filter: &TaskFilter,
+        with_status: bool,
+    ) -> (String, Vec<Option<String>>) {
+        let mut values: Vec<Option<String>> = Vec::new();
+        let mut clauses = vec!["tenant_id = $1".to_owned()];
+        if filter.assignee.as_deref() == Some("none") {
+            clauses.push("assignee_id IS NULL".into());
+        }
+        let mut bind = |clause: &dyn Fn(usize) -> String, value: Option<String>| {
+            values.push(value);
+            clauses.push(clause(values.len() + 1));
+        };
+        if let Some(assignee) = filter.assignee.as_ref().filter(|a| *a != "none") {
+            bind(&|n| format!("assignee_id = ${n}"), Some(assignee.clone()));
+        }
+        if let Some(priority) = &filter.priority {
+            bind(&|n| format!("priority = ${n}"), Some(priority.clone()));
+        }
+        if let Some(parent) = &filter.parent {
+            bind(&|n| format!("parent_id = ${n}"), Some(parent.clone()));
+        }
+        if let Some(label) = &filter.label {
+            let dialect = self.db.dialect();
+            bind(
+                &move |n| match dialect {
+                    Dialect::Postgres => format!("labels::jsonb ? ${n}"),
+                    Dialect::Sqlite => {
+                        format!("EXISTS (SELECT 1 FROM json_each(labels) WHERE value = ${n})")
+                    }
+                },
+                Some(label.clone()),
+            );
+        }
+        for word in filter
+            .q
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(8)
+        {
+            let pattern = format!(
+                "%{}%",
+                word.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            bind(
+                &|n| {
+                    format!(
+                        "(lower(title) LIKE ${n} ESCAPE '\\' OR lower(description) LIKE ${n} ESCAPE '\\')"
+                    )
+                },
+                Some(pattern),
+            );
+        }
+        if with_status && let Some(statuses) = &filter.statuses {
+            let list = serde_json::to_string(statuses).unwrap_or_default();
+            let dialect = self.db.dialect();
+            bind(
+                &move |n| match dialect {
+                    Dialect::Postgres => {
+                        format!("status IN (SELECT json_array_elements_text(${n}::json))")
+                    }
+                    Dialect::Sqlite => format!("status IN (SELECT value FROM json_each(${n}))"),
+                },
+                Some(list),
+            );
+        }
+        (clauses.join(" AND "), values)
+    }
+
+    /// The board: matching tasks in column order (status), most urgent first.
+    pub async fn tasks(
+        &self,
+        filter: &TaskFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<TaskRow>, ApiError> {
+        let (conditions, values) = self.task_conditions(filter, true);
+        let n = values.len() + 2;
+        let sql = format!(
+            "SELECT {} FROM tasks WHERE {conditions} \
+             ORDER BY CASE status WHEN 'todo' THEN 0 WHEN 'in_progress' THEN 1 \
+               WHEN 'in_review' THEN 2 WHEN 'blocked' THEN 3 WHEN 'done' THEN 4 ELSE 5 END, \
+               priority_rank DESC, number \
+             LIMIT ${n} OFFSET ${}",
+            TaskRow::COLUMNS.join(", "),
+            n + 1
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.tenant);
+        for value in values {
+            query = query.bind(value);
+        }
+        let found = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
+    /// How many tasks match per status (the filter without its statuses).
+    pub async fn task_counts(&self, filter: &TaskFilter) -> Result<Vec<(String, i64)>, ApiError> {
+        let (conditions, values) = self.task_conditions(filter, false);
+        let sql = format!("SELECT status, count(*) FROM tasks WHERE {conditions} GROUP BY status");
+        let mut query =
+            sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql)).bind(self.tenant);
+        for value in values {
+            query = query.bind(value);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// The first event recorded with this id (a re-sent id is accepted once).

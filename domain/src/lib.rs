@@ -18,6 +18,7 @@ pub mod flow_control;
 pub mod metadata;
 pub mod run;
 pub mod signing_key;
+pub mod task;
 pub mod tenant;
 pub mod trigger;
 pub mod user;

@@ -18,6 +18,7 @@ pub mod rebuild;
 pub mod runner;
 pub mod runs;
 pub mod streams;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -144,6 +145,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(document::Documents(runs::RunsProjection)),
         Arc::new(document::Documents(streams::StreamsProjection)),
         Arc::new(document::Documents(events::EventsProjection)),
+        Arc::new(document::Documents(tasks::TasksProjection)),
     ]
 }
 

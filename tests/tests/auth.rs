@@ -192,6 +192,11 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
     let event_id = sent["ids"][0].as_str().unwrap().to_owned();
     let (doomed_key, _) = create_key(&admin, "live", &[Scope::RunsRead]).await;
     let missing = uuid::Uuid::now_v7();
+    let (status, task) = admin
+        .post("/api/v1/tasks", &json!({"title": "matrix"}))
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let task_id = task["id"].as_str().unwrap().to_owned();
 
     let mut credentials = vec![
         Credential {
@@ -371,6 +376,19 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(format!("/api/v1/webhooks/{missing}"), None, 404, 404)
             }
             ("POST", "/hooks/{id}") => case(format!("/hooks/{missing}"), Some(json!({})), 404, 404),
+            ("POST", "/api/v1/tasks") => {
+                case(path, Some(json!({"title": format!("task {n}")})), 201, 201)
+            }
+            ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
+            ("GET", "/api/v1/tasks/{id}") | ("GET", "/api/v1/tasks/{id}/history") => {
+                case(path.replace("{id}", &task_id), None, 200, 404)
+            }
+            ("PATCH", "/api/v1/tasks/{id}") => case(
+                format!("/api/v1/tasks/{task_id}"),
+                Some(json!({"priority": "high"})),
+                200,
+                404,
+            ),
             _ => panic!("route {m} {path} has no entry in the access matrix: add one"),
         })
     };

@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod runs;
 pub mod signing_keys;
 pub mod system;
+pub mod tasks;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -35,6 +36,16 @@ pub struct AppState {
     pub gql: gql::GqlSchema,
     pub commands: CommandHandler,
     pub login_limiter: Arc<crate::auth::limiter::LoginLimiter>,
+    /// Each tenant's task board as this process last saw it (a stale one costs a
+    /// conflict and a catch-up read, never a wrong number).
+    pub task_boards: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                String,
+                flowforge_commands::Loaded<flowforge_domain::task::BoardState>,
+            >,
+        >,
+    >,
 }
 
 impl AppState {
@@ -48,6 +59,7 @@ impl AppState {
                 crate::auth::limiter::PER_ACCOUNT as u32,
                 crate::auth::limiter::PER_CLIENT,
             )),
+            task_boards: Arc::default(),
         }
     }
 }
@@ -464,6 +476,51 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/tasks",
+                Access::Scope(S::TasksWrite),
+                "Create a task (numbered FF-n)",
+            ),
+            post(tasks::create),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/tasks",
+                Access::Scope(S::TasksRead),
+                "The board: filters status, assignee, label, priority, parent, q; counts per status",
+            ),
+            get(tasks::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/tasks/{id}",
+                Access::Scope(S::TasksRead),
+                "One task by key (FF-7) or id; `as_of` (log position or time) shows it as it was",
+            ),
+            get(tasks::show),
+        ),
+        (
+            spec(
+                M::PATCH,
+                "/api/v1/tasks/{id}",
+                Access::Scope(S::TasksWrite),
+                "Change a task's fields, assignee or status",
+            ),
+            patch(tasks::update),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/tasks/{id}/history",
+                Access::Scope(S::TasksRead),
+                "A task's events from the log, with their actors",
+            ),
+            get(tasks::history),
         ),
         (
             spec(

@@ -1,0 +1,359 @@
+//! The task board as a user drives it over HTTP: numbering under concurrency, the
+//! status rules, the board's filters and counts, history with actors and time travel
+//! from the log, roles, and the read model rebuilt equal to the incremental one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use flowforge_projections::ProjectionRunner;
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::server::{Api, TestServer};
+use serde_json::{Value, json};
+
+async fn create(api: &Api, body: Value) -> Value {
+    let (status, task) = api.post("/api/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task}");
+    task
+}
+
+async fn patch(api: &Api, id: &str, body: Value) -> (u16, Value) {
+    let response = api
+        .http
+        .patch(format!("{}/api/v1/tasks/{id}", api.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The board once it shows `count` tasks for `query`.
+async fn board(api: &Api, query: &str, count: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, page) = api.get(&format!("/api/v1/tasks?{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        if page["items"].as_array().unwrap().len() == count {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the board never showed {count} tasks for `{query}`: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn fifty_concurrent_creates_get_ff_1_to_ff_50(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let mut creators = Vec::new();
+    for n in 0..50 {
+        let api = api.clone();
+        creators.push(tokio::spawn(async move {
+            create(&api, json!({"title": format!("task {n}")})).await
+        }));
+    }
+    let mut keys = BTreeSet::new();
+    let mut numbers = Vec::new();
+    for creator in creators {
+        let task = creator.await.unwrap();
+        keys.insert(task["key"].as_str().unwrap().to_owned());
+        numbers.push(task["number"].as_u64().unwrap());
+    }
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        (1..=50).collect::<Vec<u64>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(keys.len(), 50);
+    assert!(keys.contains("FF-1") && keys.contains("FF-50"));
+    // The key and the id name the same task.
+    let page = board(&api, "limit=500", 50).await;
+    let seventh = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "FF-7")
+        .unwrap()
+        .clone();
+    let (_, by_key) = api.get("/api/v1/tasks/FF-7").await;
+    let (_, by_id) = api
+        .get(&format!(
+            "/api/v1/tasks/{}",
+            seventh["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(by_key, by_id);
+    assert_eq!(by_key["title"], seventh["title"]);
+}
+
+async fn status_moves_follow_the_rules_and_refusals_name_both_statuses(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let task = create(&api, json!({"title": "Ship it"})).await;
+    let key = task["key"].as_str().unwrap();
+    assert_eq!(task["status"], "todo");
+
+    let (status, refused) = patch(&api, key, json!({"status": "done"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["field"], "status");
+    assert_eq!(
+        refused["error"]["message"],
+        "a task cannot go from todo to done"
+    );
+    let (status, moved) = patch(&api, key, json!({"status": "in_progress"})).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["status"], "in_progress");
+
+    // A parent waits for its open sub-tasks.
+    let child = create(&api, json!({"title": "Write the notes", "parent": key})).await;
+    assert_eq!(child["parent_id"], task["id"]);
+    board(&api, &format!("parent={key}"), 1).await;
+    let (status, refused) = patch(&api, key, json!({"status": "done"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 open sub-task"),
+        "{refused}"
+    );
+    let child_key = child["key"].as_str().unwrap();
+    patch(&api, child_key, json!({"status": "cancelled"})).await;
+    board(&api, &format!("parent={key}&status=cancelled"), 1).await;
+    let (status, done) = patch(&api, key, json!({"status": "done"})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "done");
+
+    // Bad input names the field.
+    for (body, field) in [
+        (json!({"status": "finished"}), "status"),
+        (json!({"priority": "asap"}), "priority"),
+        (json!({"title": ""}), "title"),
+        (json!({"labels": "x"}), "labels"),
+        (json!({"colour": "red"}), "colour"),
+        (
+            json!({"assignee": {"kind": "robot", "id": "x"}}),
+            "assignee",
+        ),
+    ] {
+        let (status, error) = patch(&api, key, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+    }
+    let (status, error) = api
+        .post("/api/v1/tasks", &json!({"title": "x", "parent": "FF-999"}))
+        .await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = api.get("/api/v1/tasks/not-a-task").await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("id"))
+    );
+}
+
+async fn the_board_filters_searches_and_counts(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let agent = uuid::Uuid::now_v7();
+    create(
+        &api,
+        json!({"title": "Fix the login page", "labels": ["bug", "web"], "priority": "urgent",
+               "assignee": {"kind": "agent", "id": agent}}),
+    )
+    .await;
+    create(
+        &api,
+        json!({"title": "Write release notes", "description": "Mention the LOGIN fix", "labels": ["docs"]}),
+    )
+    .await;
+    let third = create(&api, json!({"title": "Plan Q3", "priority": "low"})).await;
+    patch(
+        &api,
+        third["key"].as_str().unwrap(),
+        json!({"status": "blocked"}),
+    )
+    .await;
+
+    let all = board(&api, "", 3).await;
+    assert_eq!(all["counts"]["todo"], 2);
+    assert_eq!(all["counts"]["blocked"], 1);
+    assert_eq!(all["counts"]["done"], 0);
+    // Column order, most urgent first within a column.
+    let titles: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        ["Fix the login page", "Write release notes", "Plan Q3"]
+    );
+    let found = board(&api, "q=login", 2).await;
+    assert_eq!(
+        found["items"].as_array().unwrap().len(),
+        2,
+        "title and description, any case"
+    );
+    board(&api, "q=login+page", 1).await;
+    let bugs = board(&api, "label=bug", 1).await;
+    assert_eq!(bugs["items"][0]["labels"], json!(["bug", "web"]));
+    board(&api, &format!("assignee={agent}"), 1).await;
+    board(&api, "assignee=none", 2).await;
+    board(&api, "priority=low", 1).await;
+    board(&api, "status=todo,blocked", 3).await;
+    let blocked = board(&api, "status=blocked", 1).await;
+    assert_eq!(
+        blocked["counts"]["todo"], 2,
+        "counts ignore the status filter"
+    );
+    let (status, error) = api.get("/api/v1/tasks?status=later").await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("status"))
+    );
+}
+
+async fn history_names_the_actors_and_as_of_shows_the_task_as_it_was(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let task = create(&api, json!({"title": "Draft", "priority": "low"})).await;
+    let key = task["key"].as_str().unwrap();
+    patch(&api, key, json!({"title": "Final", "priority": "high"})).await;
+    patch(&api, key, json!({"status": "in_progress"})).await;
+
+    let (status, history) = api.get(&format!("/api/v1/tasks/{key}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let items = history["items"].as_array().unwrap();
+    let types: Vec<&str> = items
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["task.created", "task.edited", "task.status_changed"]
+    );
+    assert!(
+        items.iter().all(|e| e["actor"]["kind"] == "user"),
+        "{history}"
+    );
+    assert_eq!(items[2]["payload"]["from"], "todo");
+
+    let after_create = items[0]["global_position"].as_u64().unwrap();
+    let (_, then) = api
+        .get(&format!("/api/v1/tasks/{key}?as_of={after_create}"))
+        .await;
+    assert_eq!(
+        (then["title"].as_str(), then["priority"].as_str()),
+        (Some("Draft"), Some("low"))
+    );
+    assert_eq!(then["status"], "todo");
+    let (_, now) = api.get(&format!("/api/v1/tasks/{key}")).await;
+    assert_eq!(
+        (now["title"].as_str(), now["status"].as_str()),
+        (Some("Final"), Some("in_progress"))
+    );
+    let at = items[1]["recorded_at"].as_str().unwrap();
+    let (_, edited) = api
+        .get(&format!("/api/v1/tasks/{key}?as_of={}", urlencode(at)))
+        .await;
+    assert_eq!(
+        (edited["title"].as_str(), edited["status"].as_str()),
+        (Some("Final"), Some("todo"))
+    );
+    let before = after_create - 1;
+    let (status, _) = api
+        .get(&format!("/api/v1/tasks/{key}?as_of={before}"))
+        .await;
+    assert_eq!(status, 404, "the task did not exist at position {before}");
+    let (status, error) = api
+        .get(&format!("/api/v1/tasks/{key}?as_of=yesterday"))
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("as_of"))
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
+
+async fn the_board_rebuilt_from_the_log_equals_the_incremental_one(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    for n in 0..20 {
+        let task = create(
+            &api,
+            json!({"title": format!("task {n}"), "labels": [format!("l{}", n % 3)]}),
+        )
+        .await;
+        if n % 2 == 0 {
+            patch(
+                &api,
+                task["key"].as_str().unwrap(),
+                json!({"status": "in_progress", "priority": "medium"}),
+            )
+            .await;
+        }
+    }
+    let incremental = board(&api, "limit=500", 20).await;
+    let store = backend.store().await;
+    let fresh = match &backend {
+        TestBackend::Sqlite(_) => {
+            let dir = tempfile::tempdir().unwrap();
+            let db =
+                flowforge_projections::ReadDb::open_sqlite(&dir.path().join("fresh.db"), false)
+                    .await
+                    .unwrap();
+            std::mem::forget(dir);
+            db
+        }
+        TestBackend::Postgres(_) => {
+            let other = TestBackend::postgres().await.unwrap();
+            let db = other.read_db().await;
+            std::mem::forget(other);
+            db
+        }
+    };
+    let projection = flowforge_projections::find_projection("tasks").unwrap();
+    ProjectionRunner::new(fresh.clone(), store, projection)
+        .catch_up()
+        .await
+        .unwrap();
+    let incremental_rows = rows(&backend.read_db().await).await;
+    let rebuilt_rows = rows(&fresh).await;
+    assert_eq!(incremental_rows.len(), 20);
+    assert_eq!(incremental_rows, rebuilt_rows);
+    assert_eq!(incremental["counts"]["in_progress"], 10);
+}
+
+async fn rows(db: &flowforge_projections::ReadDb) -> Vec<flowforge_projections::tasks::TaskRow> {
+    use flowforge_projections::document::Document;
+    let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM tasks ORDER BY number",
+        flowforge_projections::tasks::TaskRow::COLUMNS.join(", ")
+    )))
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    found
+        .iter()
+        .map(flowforge_projections::tasks::TaskRow::from_row)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+flowforge_tests::on_both_backends!(
+    fifty_concurrent_creates_get_ff_1_to_ff_50,
+    status_moves_follow_the_rules_and_refusals_name_both_statuses,
+    the_board_filters_searches_and_counts,
+    history_names_the_actors_and_as_of_shows_the_task_as_it_was,
+    the_board_rebuilt_from_the_log_equals_the_incremental_one,
+);
