@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod agent;
 pub mod api_key;
 pub mod app;
 pub mod decider;

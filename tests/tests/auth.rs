@@ -197,6 +197,15 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
         .await;
     assert_eq!(status, 201, "{task}");
     let task_id = task["id"].as_str().unwrap().to_owned();
+    let (status, bot) = admin
+        .post("/api/v1/agents", &json!({"name": "matrix-bot"}))
+        .await;
+    assert_eq!(status, 201, "{bot}");
+    let agent_id = bot["id"].as_str().unwrap().to_owned();
+    let (_, doomed) = admin
+        .post("/api/v1/agents", &json!({"name": "doomed-bot"}))
+        .await;
+    let doomed_agent = doomed["id"].as_str().unwrap().to_owned();
 
     let mut credentials = vec![
         Credential {
@@ -376,6 +385,30 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(format!("/api/v1/webhooks/{missing}"), None, 404, 404)
             }
             ("POST", "/hooks/{id}") => case(format!("/hooks/{missing}"), Some(json!({})), 404, 404),
+            ("POST", "/api/v1/agents") => {
+                case(path, Some(json!({"name": format!("bot-{n}")})), 201, 201)
+            }
+            ("GET", "/api/v1/agents") => case(path, None, 200, 200),
+            ("GET", "/api/v1/agents/{id}") => {
+                case(format!("/api/v1/agents/{agent_id}"), None, 200, 404)
+            }
+            ("PATCH", "/api/v1/agents/{id}") => case(
+                format!("/api/v1/agents/{agent_id}"),
+                Some(json!({"status": "busy"})),
+                200,
+                404,
+            ),
+            ("PUT", "/api/v1/agents/{id}/skills") => case(
+                format!("/api/v1/agents/{agent_id}/skills"),
+                Some(json!({"skills": ["code-review"]})),
+                200,
+                404,
+            ),
+            // Deleting is repeatable (the agent stays in history), so every caller
+            // allowed to may.
+            ("DELETE", "/api/v1/agents/{id}") => {
+                case(format!("/api/v1/agents/{doomed_agent}"), None, 200, 404)
+            }
             ("POST", "/api/v1/tasks") => {
                 case(path, Some(json!({"title": format!("task {n}")})), 201, 201)
             }

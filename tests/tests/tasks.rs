@@ -160,7 +160,25 @@ async fn status_moves_follow_the_rules_and_refusals_name_both_statuses(backend: 
 async fn the_board_filters_searches_and_counts(backend: TestBackend) {
     let server = TestServer::start(&backend).await;
     let api = Api::new(server.url.clone());
-    let agent = uuid::Uuid::now_v7();
+    let (status, bot) = api
+        .post(
+            "/api/v1/agents",
+            &json!({"name": "fixer", "model": "claude-sonnet"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{bot}");
+    let agent = bot["id"].as_str().unwrap().to_owned();
+    let (status, error) = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"title": "x", "assignee": {"kind": "agent", "id": uuid::Uuid::now_v7()}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("assignee")),
+        "{error}"
+    );
     create(
         &api,
         json!({"title": "Fix the login page", "labels": ["bug", "web"], "priority": "urgent",

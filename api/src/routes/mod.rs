@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per resource.
 
+pub mod agents;
 pub mod apps;
 pub mod events;
 pub mod gql;
@@ -18,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use flowforge_commands::CommandHandler;
 use flowforge_domain::access::Scope;
 use flowforge_engine::EngineContext;
@@ -476,6 +477,60 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/agents",
+                Access::Scope(S::AgentsManage),
+                "Add an AI agent to the team",
+            ),
+            post(agents::create),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/agents",
+                Access::Scope(S::TasksRead),
+                "The team's agents; `status`, `include_deleted`",
+            ),
+            get(agents::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/agents/{id}",
+                Access::Scope(S::TasksRead),
+                "One agent, by id or name",
+            ),
+            get(agents::show),
+        ),
+        (
+            spec(
+                M::PATCH,
+                "/api/v1/agents/{id}",
+                Access::Scope(S::AgentsManage),
+                "Change an agent's profile, status or skills",
+            ),
+            patch(agents::update),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/agents/{id}",
+                Access::Scope(S::AgentsManage),
+                "Remove an agent (its history stays)",
+            ),
+            delete(agents::delete),
+        ),
+        (
+            spec(
+                M::PUT,
+                "/api/v1/agents/{id}/skills",
+                Access::Scope(S::AgentsManage),
+                "Set the skills an agent has enabled",
+            ),
+            put(agents::set_skills),
         ),
         (
             spec(

@@ -72,6 +72,23 @@ fn parse_priority(text: &str) -> Result<TaskPriority, ApiError> {
     })
 }
 
+/// An agent assignee must be an agent of the team.
+async fn check_assignee(
+    state: &AppState,
+    caller: &Caller,
+    assignee: Option<&Assignee>,
+) -> Result<(), ApiError> {
+    if let Some(Assignee::Agent(id)) = assignee
+        && !super::agents::is_active(state, caller, *id).await?
+    {
+        return Err(ApiError::invalid_field(
+            "assignee",
+            format!("no agent `{id}` in the team"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_assignee(value: &Value) -> Result<Option<Assignee>, ApiError> {
     if value.is_null() {
         return Ok(None);
@@ -375,6 +392,7 @@ pub async fn create(
             .flatten(),
         at: Utc::now(),
     };
+    check_assignee(&state, &caller, open.assignee.as_ref()).await?;
     let created = open_on_board(&state, &caller, open).await?;
     let task = Task::evolve(
         None,
@@ -652,6 +670,9 @@ pub async fn update(
     let labels = body.get("labels").map(parse_labels).transpose()?;
     let due = body.get("due").map(parse_due).transpose()?;
     let assignee = body.get("assignee").map(parse_assignee).transpose()?;
+    if let Some(assignee) = &assignee {
+        check_assignee(&state, &caller, assignee.as_ref()).await?;
+    }
     let status = match body.get("status") {
         None => None,
         Some(Value::String(s)) => Some(parse_status(s, "status")?),
