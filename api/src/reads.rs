@@ -5,6 +5,7 @@
 //! itself, so no handler can forget the `tenant_id` condition. Operations that span
 //! tenants (projection status, rebuilds, readiness) use `Platform::operations_db`.
 
+use flowforge_projections::comments::CommentRow;
 use flowforge_projections::document::Document;
 use flowforge_projections::events::EventRow;
 use flowforge_projections::runs::RunRow;
@@ -78,19 +79,21 @@ impl<'a> TenantReads<'a> {
         .map_err(ApiError::internal)
     }
 
-    /// How many runs of `function_id` wait for a concurrency slot of `key` and have
-    /// waited longer than since `since` (ms): the runs ahead of one held since then.
-    pub async fn held_ahead(&self, row: &RunRow, key: &str, since: i64) -> Result<i64, ApiError> {
+    /// How many runs wait ahead of `row`'s run for a concurrency slot of `key`: held
+    /// runs of the same function and key created before it (the scheduler's lines are
+    /// first come, first served by run).
+    pub async fn held_ahead(&self, row: &RunRow, key: &str) -> Result<i64, ApiError> {
         sqlx::query_scalar(
             "SELECT count(*) FROM runs WHERE tenant_id = $1 AND environment = $2 \
                AND function_id = $3 AND hold_reason = 'concurrency' AND hold_key = $4 \
-               AND hold_since < $5",
+               AND (created_at < $5 OR (created_at = $5 AND run_id < $6))",
         )
         .bind(self.tenant)
         .bind(row.environment.as_str())
         .bind(row.function_id.as_str())
         .bind(key)
-        .bind(since)
+        .bind(row.created_at)
+        .bind(row.run_id.as_str())
         .fetch_one(self.db.pool())
         .await
         .map_err(ApiError::internal)
@@ -171,6 +174,22 @@ impl<'a> TenantReads<'a> {
         .bind(self.tenant)
         .bind(self.environment)
         .bind(value)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
+    /// The comments on a task or run, oldest first (deleted ones without their body).
+    pub async fn comments_on(&self, kind: &str, id: &str) -> Result<Vec<CommentRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM comments WHERE tenant_id = $1 AND target_kind = $2 AND target_id = $3 \
+             ORDER BY posted_position",
+            CommentRow::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(kind)
+        .bind(id)
         .fetch_all(self.db.pool())
         .await
         .map_err(ApiError::internal)?;

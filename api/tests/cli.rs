@@ -66,7 +66,10 @@ fn migrate_then_status_on_an_empty_embedded_store() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["runs", "streams", "events", "tasks"]);
+    assert_eq!(
+        names,
+        vec!["runs", "streams", "events", "tasks", "comments"]
+    );
     assert!(
         status
             .as_array()

@@ -11,6 +11,7 @@
 //! (see [`rebuild`]).
 
 pub mod checkpoint;
+pub mod comments;
 pub mod document;
 pub mod events;
 pub mod readdb;
@@ -146,6 +147,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(document::Documents(streams::StreamsProjection)),
         Arc::new(document::Documents(events::EventsProjection)),
         Arc::new(document::Documents(tasks::TasksProjection)),
+        Arc::new(document::Documents(comments::CommentsProjection)),
     ]
 }
 

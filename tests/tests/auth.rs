@@ -206,6 +206,14 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
         .post("/api/v1/agents", &json!({"name": "doomed-bot"}))
         .await;
     let doomed_agent = doomed["id"].as_str().unwrap().to_owned();
+    let (status, comment) = admin
+        .post(
+            "/api/v1/comments",
+            &json!({"target": {"kind": "task", "id": task_id}, "body": "seed"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{comment}");
+    let comment_id = comment["id"].as_str().unwrap().to_owned();
 
     let mut credentials = vec![
         Credential {
@@ -413,7 +421,41 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(path, Some(json!({"title": format!("task {n}")})), 201, 201)
             }
             ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
-            ("GET", "/api/v1/tasks/{id}") | ("GET", "/api/v1/tasks/{id}/history") => {
+            ("POST", "/api/v1/comments") => case(
+                path,
+                Some(json!({"target": {"kind": "task", "id": task_id}, "body": "hello"})),
+                201,
+                404,
+            ),
+            ("GET", "/api/v1/comments") => {
+                case(format!("/api/v1/comments?task={task_id}"), None, 200, 404)
+            }
+            // Editing and deleting are the author's: a comment nobody wrote is missing
+            // for everyone allowed to try.
+            ("PATCH", "/api/v1/comments/{id}") => case(
+                format!("/api/v1/comments/{missing}"),
+                Some(json!({"body": "x"})),
+                404,
+                404,
+            ),
+            ("DELETE", "/api/v1/comments/{id}") => {
+                case(format!("/api/v1/comments/{missing}"), None, 404, 404)
+            }
+            ("POST", "/api/v1/comments/{id}/reactions") => case(
+                format!("/api/v1/comments/{comment_id}/reactions"),
+                Some(json!({"emoji": "+1"})),
+                200,
+                404,
+            ),
+            ("DELETE", "/api/v1/comments/{id}/reactions/{emoji}") => case(
+                format!("/api/v1/comments/{comment_id}/reactions/+1"),
+                None,
+                200,
+                404,
+            ),
+            ("GET", "/api/v1/tasks/{id}")
+            | ("GET", "/api/v1/tasks/{id}/history")
+            | ("GET", "/api/v1/tasks/{id}/timeline") => {
                 case(path.replace("{id}", &task_id), None, 200, 404)
             }
             ("PATCH", "/api/v1/tasks/{id}") => case(

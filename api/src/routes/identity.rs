@@ -95,6 +95,32 @@ fn key_error(error: CommandError<ApiKeyError>) -> ApiError {
     }
 }
 
+/// The users of the caller's tenant, folded from their streams.
+pub async fn tenant_users(state: &AppState, caller: &Caller) -> Result<Vec<UserState>, ApiError> {
+    let mut users = Vec::new();
+    for stream in state
+        .platform
+        .reads(caller)
+        .stream_ids(user::STREAM_TYPE)
+        .await?
+    {
+        let loaded = state
+            .commands
+            .load::<User>(&stream)
+            .await
+            .map_err(user_error)?;
+        if loaded
+            .state
+            .profile
+            .as_ref()
+            .is_some_and(|p| p.tenant == caller.tenant())
+        {
+            users.push(loaded.state);
+        }
+    }
+    Ok(users)
+}
+
 fn user_json(state: &UserState) -> Value {
     let Some(profile) = &state.profile else {
         return Value::Null;
@@ -351,27 +377,11 @@ pub async fn list_users(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    for stream in state
-        .platform
-        .reads(&caller)
-        .stream_ids(user::STREAM_TYPE)
+    let items: Vec<Value> = tenant_users(&state, &caller)
         .await?
-    {
-        let loaded = state
-            .commands
-            .load::<User>(&stream)
-            .await
-            .map_err(user_error)?;
-        if loaded
-            .state
-            .profile
-            .as_ref()
-            .is_some_and(|p| p.tenant == caller.tenant())
-        {
-            items.push(user_json(&loaded.state));
-        }
-    }
+        .iter()
+        .map(user_json)
+        .collect();
     Ok(Json(json!({ "items": items })))
 }
 

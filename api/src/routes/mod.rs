@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod apps;
+pub mod comments;
 pub mod events;
 pub mod gql;
 pub mod identity;
@@ -477,6 +478,69 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/comments",
+                Access::Scope(S::TasksWrite),
+                "Comment on a task or a run; @mentions are resolved",
+            ),
+            post(comments::create),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/comments",
+                Access::Scope(S::TasksRead),
+                "A thread: `task` (key or id) or `run`",
+            ),
+            get(comments::list),
+        ),
+        (
+            spec(
+                M::PATCH,
+                "/api/v1/comments/{id}",
+                Access::Scope(S::TasksWrite),
+                "Edit a comment (its author or an admin)",
+            ),
+            patch(comments::update),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/comments/{id}",
+                Access::Scope(S::TasksWrite),
+                "Delete a comment (its author or an admin)",
+            ),
+            delete(comments::delete),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/comments/{id}/reactions",
+                Access::Scope(S::TasksWrite),
+                "React with an emoji (once per author and emoji)",
+            ),
+            post(comments::react),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/comments/{id}/reactions/{emoji}",
+                Access::Scope(S::TasksWrite),
+                "Take a reaction back",
+            ),
+            delete(comments::unreact),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/tasks/{id}/timeline",
+                Access::Scope(S::TasksRead),
+                "A task's events and comments in log order",
+            ),
+            get(tasks::timeline),
         ),
         (
             spec(

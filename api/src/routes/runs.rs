@@ -449,23 +449,14 @@ pub async fn show(
     let mut view = run_view(run_id, &events)?;
     // How many runs wait ahead of this one for the same slot (the read model knows).
     if view["flow_control"]["reason"] == "concurrency"
-        && let (Some(key), Some(since)) = (
-            view["flow_control"]["key"].as_str().map(str::to_owned),
-            view["flow_control"]["since"]
-                .as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok()),
-        )
+        && let Some(key) = view["flow_control"]["key"].as_str().map(str::to_owned)
         && let Some(row) = state
             .platform
             .reads(&caller)
             .run(&run_id.to_string())
             .await?
     {
-        let ahead = state
-            .platform
-            .reads(&caller)
-            .held_ahead(&row, &key, since.timestamp_millis())
-            .await?;
+        let ahead = state.platform.reads(&caller).held_ahead(&row, &key).await?;
         let flow = &mut view["flow_control"];
         flow["ahead"] = json!(ahead);
         flow["message"] = json!(format!(

@@ -223,6 +223,18 @@ async fn resolve(
         .ok_or_else(|| ApiError::not_found(format!("no task `{id}`")))
 }
 
+/// A task of the caller's tenant named by key or id (what a comment may be on).
+pub async fn existing(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    field: &str,
+) -> Result<Uuid, ApiError> {
+    let task_id = resolve(state, caller, id, field).await?;
+    load_events(state, caller, task_id).await?;
+    Ok(task_id)
+}
+
 /// The task's creation (an event of the board stream whose id is the task's) and its
 /// own stream, from the log.
 async fn load_events(
@@ -742,4 +754,49 @@ pub async fn update(
         }
     };
     Ok(Json(task_json(&task)))
+}
+
+/// `GET /api/v1/tasks/{id}/timeline`: the task's events and its comments, in log order.
+pub async fn timeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let task_id = resolve(&state, &caller, &id, "id").await?;
+    let (created, changes) = load_events(&state, &caller, task_id).await?;
+    let comments = state
+        .platform
+        .reads(&caller)
+        .comments_on("task", &task_id.to_string())
+        .await?;
+    let mut entries: Vec<(i64, Value)> = std::iter::once(&created)
+        .chain(changes.iter())
+        .map(|e| {
+            (
+                i64::try_from(e.global_position).unwrap_or(i64::MAX),
+                json!({
+                    "type": "event",
+                    "event_type": e.event_type,
+                    "global_position": e.global_position,
+                    "at": e.recorded_at.to_rfc3339(),
+                    "actor": e.metadata.actor,
+                    "payload": e.payload_value(),
+                }),
+            )
+        })
+        .collect();
+    entries.extend(comments.iter().map(|c| {
+        (
+            c.posted_position,
+            json!({
+                "type": "comment",
+                "global_position": c.posted_position,
+                "comment": super::comments::row_json(c),
+            }),
+        )
+    }));
+    entries.sort_by_key(|(position, _)| *position);
+    Ok(Json(json!({
+        "items": entries.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
+    })))
 }
