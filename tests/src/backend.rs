@@ -101,3 +101,60 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+impl TestBackend {
+    /// A second, empty read-model database beside this backend's, for comparing a
+    /// rebuild with the incremental read model. Keep the guard while using it.
+    pub async fn fresh_read_db(&self) -> (ReadDb, Option<crate::pg::TestDatabase>) {
+        match self {
+            TestBackend::Sqlite(dir) => (
+                ReadDb::open_sqlite(&dir.path().join("fresh.db"), false)
+                    .await
+                    .expect("open a fresh sqlite read model"),
+                None,
+            ),
+            TestBackend::Postgres(_) => {
+                let other = crate::pg::TestDatabase::create()
+                    .await
+                    .expect("create a fresh postgres database");
+                let db = ReadDb::connect_postgres(other.url(), 4)
+                    .await
+                    .expect("connect the fresh read model");
+                (db, Some(other))
+            }
+        }
+    }
+
+    /// The rows of projection `name`'s table in this backend's read model and in one
+    /// rebuilt from the log into a fresh database, both ordered by `order_by`.
+    pub async fn incremental_and_rebuilt<D: flowforge_projections::document::Document>(
+        &self,
+        name: &str,
+        order_by: &str,
+    ) -> (Vec<D>, Vec<D>) {
+        let (fresh, _guard) = self.fresh_read_db().await;
+        let projection = flowforge_projections::find_projection(name).expect("a projection");
+        let table = projection.tables()[0];
+        flowforge_projections::ProjectionRunner::new(fresh.clone(), self.store().await, projection)
+            .catch_up()
+            .await
+            .expect("rebuild into the fresh read model");
+        let read = |db: ReadDb| async move {
+            let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM {table} ORDER BY {order_by}",
+                D::COLUMNS.join(", ")
+            )))
+            .fetch_all(db.pool())
+            .await
+            .expect("read the rows");
+            found
+                .iter()
+                .map(D::from_row)
+                .collect::<Result<Vec<D>, _>>()
+                .expect("decode the rows")
+        };
+        let incremental = read(self.read_db().await).await;
+        let rebuilt = read(fresh).await;
+        (incremental, rebuilt)
+    }
+}

@@ -194,52 +194,14 @@ async fn a_conversation_on_a_task(backend: TestBackend) {
         );
     }
     // The read model rebuilt from the log is the incremental one, row for row.
-    let fresh = match &backend {
-        TestBackend::Sqlite(_) => {
-            let dir = tempfile::tempdir().unwrap();
-            let db =
-                flowforge_projections::ReadDb::open_sqlite(&dir.path().join("fresh.db"), false)
-                    .await
-                    .unwrap();
-            std::mem::forget(dir);
-            db
-        }
-        TestBackend::Postgres(_) => {
-            let other = TestBackend::postgres().await.unwrap();
-            let db = other.read_db().await;
-            std::mem::forget(other);
-            db
-        }
-    };
-    flowforge_projections::ProjectionRunner::new(
-        fresh.clone(),
-        backend.store().await,
-        flowforge_projections::find_projection("comments").unwrap(),
-    )
-    .catch_up()
-    .await
-    .unwrap();
-    let incremental = comment_rows(&backend.read_db().await).await;
+    let (incremental, rebuilt) = backend
+        .incremental_and_rebuilt::<flowforge_projections::comments::CommentRow>(
+            "comments",
+            "posted_position",
+        )
+        .await;
     assert_eq!(incremental.len(), 3);
-    assert_eq!(incremental, comment_rows(&fresh).await);
-}
-
-async fn comment_rows(
-    db: &flowforge_projections::ReadDb,
-) -> Vec<flowforge_projections::comments::CommentRow> {
-    use flowforge_projections::document::Document;
-    let found = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM comments ORDER BY posted_position",
-        flowforge_projections::comments::CommentRow::COLUMNS.join(", ")
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
-    found
-        .iter()
-        .map(flowforge_projections::comments::CommentRow::from_row)
-        .collect::<Result<_, _>>()
-        .unwrap()
+    assert_eq!(incremental, rebuilt);
 }
 
 flowforge_tests::on_both_backends!(a_conversation_on_a_task);

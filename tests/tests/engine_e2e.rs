@@ -293,7 +293,16 @@ async fn send_event_triggers_another_function_exactly_once(backend: TestBackend)
     let triggered = env.api.runs_of_event(&sent, 1, RUN_TIMEOUT).await;
     let pinged = env.api.finished_run(&triggered[0], RUN_TIMEOUT).await;
     assert_eq!(pinged["output"], json!({"from": run_id}));
-    let (_, event) = env.api.get(&format!("/api/v1/events/{sent}")).await;
+    // The events read model is a projection of its own: it may be a moment behind.
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    let event = loop {
+        let (status, event) = env.api.get(&format!("/api/v1/events/{sent}")).await;
+        if status == 200 {
+            break event;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}: {event}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
     assert_eq!(event["name"], "e2e/pinged");
     assert_eq!(event["runs"].as_array().unwrap().len(), 1);
 }

@@ -306,6 +306,23 @@ pub async fn update(
     Ok(Json(agent_json(agent)))
 }
 
+/// Finds the agent named in the path, decides `command` for it, answers the agent.
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    command: impl FnOnce(Uuid) -> AgentCommand,
+) -> Result<Json<Value>, ApiError> {
+    let current = directory(state, caller).await?;
+    let agent_id = find(&current, id)?.agent_id;
+    let directory = decide(state, caller, command(agent_id)).await?;
+    let agent = directory
+        .agents
+        .get(&agent_id)
+        .ok_or_else(|| ApiError::not_found("no such agent"))?;
+    Ok(Json(agent_json(agent)))
+}
+
 /// `PUT /api/v1/agents/{id}/skills` with `{"skills": [...]}`
 pub async fn set_skills(
     State(state): State<AppState>,
@@ -315,23 +332,12 @@ pub async fn set_skills(
 ) -> Result<Json<Value>, ApiError> {
     let skills = string_set(&body, "skills")?
         .ok_or_else(|| ApiError::invalid_field("skills", "a list of skill names"))?;
-    let current = directory(&state, &caller).await?;
-    let agent_id = find(&current, &id)?.agent_id;
-    let directory = decide(
-        &state,
-        &caller,
-        AgentCommand::SetSkills {
-            agent_id,
-            skills,
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    let agent = directory
-        .agents
-        .get(&agent_id)
-        .ok_or_else(|| ApiError::not_found("no such agent"))?;
-    Ok(Json(agent_json(agent)))
+    change(&state, &caller, &id, |agent_id| AgentCommand::SetSkills {
+        agent_id,
+        skills,
+        at: Utc::now(),
+    })
+    .await
 }
 
 /// `DELETE /api/v1/agents/{id}`: the agent leaves the team; its history stays.
@@ -340,22 +346,11 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = directory(&state, &caller).await?;
-    let agent_id = find(&current, &id)?.agent_id;
-    let directory = decide(
-        &state,
-        &caller,
-        AgentCommand::Delete {
-            agent_id,
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    let agent = directory
-        .agents
-        .get(&agent_id)
-        .ok_or_else(|| ApiError::not_found("no such agent"))?;
-    Ok(Json(agent_json(agent)))
+    change(&state, &caller, &id, |agent_id| AgentCommand::Delete {
+        agent_id,
+        at: Utc::now(),
+    })
+    .await
 }
 
 /// Whether `agent_id` is an agent of the caller's tenant who has not left (for task

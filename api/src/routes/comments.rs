@@ -327,6 +327,28 @@ pub struct EditComment {
     pub body: Option<String>,
 }
 
+/// Loads the comment named in the path, decides what `command` makes of it, answers
+/// the comment.
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    command: impl FnOnce(&Comment) -> CommentCommand,
+) -> Result<Json<Value>, ApiError> {
+    let (comment_id, current) = load(state, caller, id).await?;
+    let comment = decide(state, caller, comment_id, command(&current)).await?;
+    Ok(Json(comment_json(&comment)))
+}
+
+/// Who changes a comment: the caller, or, for an agent's comment, the agent on whose
+/// behalf someone who may manage agents acts.
+fn acting_for(caller: &Caller, comment: &Comment) -> Member {
+    match &comment.author {
+        Member::Agent(_) if caller.may(Scope::AgentsManage) => comment.author.clone(),
+        _ => me(caller),
+    }
+}
+
 /// `PATCH /api/v1/comments/{id}` (its author, or an admin)
 pub async fn update(
     State(state): State<AppState>,
@@ -334,28 +356,16 @@ pub async fn update(
     Path(id): Path<String>,
     Json(body): Json<EditComment>,
 ) -> Result<Json<Value>, ApiError> {
-    let (comment_id, current) = load(&state, &caller, &id).await?;
     let text = body.body.unwrap_or_default();
     let mentions = resolve_mentions(&state, &caller, &text).await?;
-    // An agent's comment is edited on its behalf by whoever may manage agents.
-    let by = match &current.author {
-        Member::Agent(_) if caller.may(Scope::AgentsManage) => current.author.clone(),
-        _ => me(&caller),
-    };
-    let comment = decide(
-        &state,
-        &caller,
-        comment_id,
-        CommentCommand::Edit {
-            by,
-            moderator: moderator(&caller),
-            body: text,
-            mentions,
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    Ok(Json(comment_json(&comment)))
+    change(&state, &caller, &id, |current| CommentCommand::Edit {
+        by: acting_for(&caller, current),
+        moderator: moderator(&caller),
+        body: text,
+        mentions,
+        at: Utc::now(),
+    })
+    .await
 }
 
 /// `DELETE /api/v1/comments/{id}` (its author, or an admin)
@@ -364,23 +374,12 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (comment_id, current) = load(&state, &caller, &id).await?;
-    let by = match &current.author {
-        Member::Agent(_) if caller.may(Scope::AgentsManage) => current.author.clone(),
-        _ => me(&caller),
-    };
-    let comment = decide(
-        &state,
-        &caller,
-        comment_id,
-        CommentCommand::Delete {
-            by,
-            moderator: moderator(&caller),
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    Ok(Json(comment_json(&comment)))
+    change(&state, &caller, &id, |current| CommentCommand::Delete {
+        by: acting_for(&caller, current),
+        moderator: moderator(&caller),
+        at: Utc::now(),
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,19 +394,12 @@ pub async fn react(
     Path(id): Path<String>,
     Json(body): Json<React>,
 ) -> Result<Json<Value>, ApiError> {
-    let (comment_id, _) = load(&state, &caller, &id).await?;
-    let comment = decide(
-        &state,
-        &caller,
-        comment_id,
-        CommentCommand::React {
-            emoji: body.emoji.unwrap_or_default(),
-            by: me(&caller),
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    Ok(Json(comment_json(&comment)))
+    change(&state, &caller, &id, |_| CommentCommand::React {
+        emoji: body.emoji.unwrap_or_default(),
+        by: me(&caller),
+        at: Utc::now(),
+    })
+    .await
 }
 
 /// `DELETE /api/v1/comments/{id}/reactions/{emoji}`
@@ -416,17 +408,10 @@ pub async fn unreact(
     caller: Caller,
     Path((id, emoji)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (comment_id, _) = load(&state, &caller, &id).await?;
-    let comment = decide(
-        &state,
-        &caller,
-        comment_id,
-        CommentCommand::Unreact {
-            emoji,
-            by: me(&caller),
-            at: Utc::now(),
-        },
-    )
-    .await?;
-    Ok(Json(comment_json(&comment)))
+    change(&state, &caller, &id, |_| CommentCommand::Unreact {
+        emoji,
+        by: me(&caller),
+        at: Utc::now(),
+    })
+    .await
 }
