@@ -46,6 +46,23 @@ pub struct TaskFilter {
     pub q: Option<String>,
 }
 
+/// A notification as the inbox shows it (with its task's key and title, if any).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub notification_id: String,
+    pub kind: String,
+    pub actor: String,
+    pub task_id: Option<String>,
+    pub task_number: Option<i64>,
+    pub task_title: Option<String>,
+    pub comment_id: Option<String>,
+    pub run_id: Option<String>,
+    pub summary: String,
+    pub created_at: i64,
+    pub read_at: Option<i64>,
+    pub archived_at: Option<i64>,
+}
+
 const EVENT_COLUMNS: &str =
     "stream_id, tenant_id, environment, id, name, data, ts, received_at, source, position";
 
@@ -194,6 +211,50 @@ impl<'a> TenantReads<'a> {
         .await
         .map_err(ApiError::internal)?;
         rows(&found)
+    }
+
+    /// A user's notifications: unread first, then newest.
+    pub async fn notifications(
+        &self,
+        recipient: &str,
+        kind: Option<&str>,
+        unread_only: bool,
+        archived: bool,
+        limit: i64,
+    ) -> Result<Vec<NotificationRow>, ApiError> {
+        sqlx::query_as::<_, NotificationRow>(
+            "SELECT n.notification_id, n.kind, n.actor, n.task_id, t.number AS task_number, \
+                    t.title AS task_title, n.comment_id, n.run_id, n.summary, n.created_at, \
+                    n.read_at, n.archived_at \
+             FROM notifications n LEFT JOIN tasks t ON t.task_id = n.task_id \
+             WHERE n.tenant_id = $1 AND n.recipient = $2 \
+               AND ($3 IS NULL OR n.kind = $3) \
+               AND ($4 = 0 OR n.read_at IS NULL) \
+               AND (($5 = 1) = (n.archived_at IS NOT NULL)) \
+             ORDER BY CASE WHEN n.read_at IS NULL THEN 0 ELSE 1 END, n.source_position DESC \
+             LIMIT $6",
+        )
+        .bind(self.tenant)
+        .bind(recipient)
+        .bind(kind)
+        .bind(i64::from(unread_only))
+        .bind(i64::from(archived))
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)
+    }
+
+    pub async fn unread_notifications(&self, recipient: &str) -> Result<i64, ApiError> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE tenant_id = $1 AND recipient = $2 \
+               AND read_at IS NULL AND archived_at IS NULL",
+        )
+        .bind(self.tenant)
+        .bind(recipient)
+        .fetch_one(self.db.pool())
+        .await
+        .map_err(ApiError::internal)
     }
 
     /// The task with this number (`FF-<number>`), when the board has it.

@@ -68,7 +68,14 @@ fn migrate_then_status_on_an_empty_embedded_store() {
         .collect();
     assert_eq!(
         names,
-        vec!["runs", "streams", "events", "tasks", "comments"]
+        vec![
+            "runs",
+            "streams",
+            "events",
+            "tasks",
+            "comments",
+            "notifications"
+        ]
     );
     assert!(
         status

@@ -18,6 +18,7 @@ pub mod environment;
 pub mod event;
 pub mod flow_control;
 pub mod metadata;
+pub mod notification;
 pub mod run;
 pub mod signing_key;
 pub mod task;

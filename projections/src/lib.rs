@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod comments;
 pub mod document;
 pub mod events;
+pub mod notifications;
 pub mod readdb;
 pub mod rebuild;
 pub mod runner;
@@ -148,6 +149,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(document::Documents(events::EventsProjection)),
         Arc::new(document::Documents(tasks::TasksProjection)),
         Arc::new(document::Documents(comments::CommentsProjection)),
+        Arc::new(notifications::NotificationsProjection),
     ]
 }
 

@@ -421,6 +421,18 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(path, Some(json!({"title": format!("task {n}")})), 201, 201)
             }
             ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
+            ("GET", "/api/v1/notifications") | ("GET", "/api/v1/notifications/unread-count") => {
+                case(path, None, 200, 200)
+            }
+            ("POST", "/api/v1/notifications/read") | ("POST", "/api/v1/notifications/archive") => {
+                case(
+                    path,
+                    Some(json!({"notification_ids": ["nothing"]})),
+                    200,
+                    200,
+                )
+            }
+            ("POST", "/api/v1/notifications/read-all") => case(path, None, 200, 200),
             ("POST", "/api/v1/comments") => case(
                 path,
                 Some(json!({"target": {"kind": "task", "id": task_id}, "body": "hello"})),

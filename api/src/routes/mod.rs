@@ -6,6 +6,7 @@ pub mod comments;
 pub mod events;
 pub mod gql;
 pub mod identity;
+pub mod notifications;
 pub mod openapi;
 pub mod runs;
 pub mod signing_keys;
@@ -478,6 +479,51 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/notifications",
+                Access::Scope(S::TasksRead),
+                "The caller's inbox: unread first; `kind`, `unread`, `archived`",
+            ),
+            get(notifications::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/notifications/unread-count",
+                Access::Scope(S::TasksRead),
+                "How many notifications the caller has not read",
+            ),
+            get(notifications::unread_count),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/notifications/read",
+                Access::Scope(S::TasksRead),
+                "Mark notifications read",
+            ),
+            post(notifications::mark_read),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/notifications/read-all",
+                Access::Scope(S::TasksRead),
+                "Mark everything so far read",
+            ),
+            post(notifications::mark_all_read),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/notifications/archive",
+                Access::Scope(S::TasksRead),
+                "Archive notifications",
+            ),
+            post(notifications::archive),
         ),
         (
             spec(

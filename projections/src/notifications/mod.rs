@@ -1,0 +1,237 @@
+//! `notifications`: every user's inbox, derived from the events that cause a
+//! notification (a task assigned to them, a mention of them) and from what they did
+//! with it (`inbox.*`). A notification's id is its causing event's id and its
+//! recipient, inserted only if absent in the same transaction as the checkpoint, so a
+//! notification exists exactly once however often the log is read (restarts,
+//! rebuilds).
+
+use async_trait::async_trait;
+use flowforge_domain::comment::{CommentEvent, CommentTarget, Member, Mention};
+use flowforge_domain::notification::{InboxEvent, notification_id};
+use flowforge_domain::task::{Assignee, TaskBoardEvent, TaskEvent};
+use flowforge_store::{LogFilter, StoredEvent};
+use sqlx::{Any, Transaction};
+
+use crate::{Projection, ProjectionError, Tables};
+
+pub const NAME: &str = "notifications";
+
+pub struct NotificationsProjection;
+
+/// A notification to insert, if it does not exist yet.
+struct New {
+    recipient: String,
+    kind: &'static str,
+    task_id: Option<String>,
+    comment_id: Option<String>,
+    run_id: Option<String>,
+    summary: String,
+}
+
+/// A notification for each user `list` mentions, but `author` (nobody is told about
+/// their own words).
+fn mentioned(
+    list: &[Mention],
+    author: &str,
+    comment_id: &str,
+    target: Option<&CommentTarget>,
+) -> Vec<New> {
+    let (task_id, run_id) = match target {
+        Some(CommentTarget::Task(id)) => (Some(id.to_string()), None),
+        Some(CommentTarget::Run(id)) => (None, Some(id.to_string())),
+        None => (None, None),
+    };
+    list.iter()
+        .filter_map(|m| match &m.member {
+            Member::User(user) if user != author => Some(New {
+                recipient: user.clone(),
+                kind: "mentioned",
+                task_id: task_id.clone(),
+                comment_id: Some(comment_id.to_owned()),
+                run_id: run_id.clone(),
+                summary: format!("mentioned you (@{})", m.name),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The notifications an event causes.
+fn caused(event: &StoredEvent) -> Result<Vec<New>, ProjectionError> {
+    let actor = &event.metadata.actor.id;
+    let assigned = |task_id: String, assignee: &Option<Assignee>, summary: String| match assignee {
+        Some(Assignee::User(user)) if user.to_string() != *actor => vec![New {
+            recipient: user.to_string(),
+            kind: "task_assigned",
+            task_id: Some(task_id),
+            comment_id: None,
+            run_id: None,
+            summary,
+        }],
+        _ => Vec::new(),
+    };
+    Ok(match event.event_type.as_str() {
+        "task.created" => {
+            let TaskBoardEvent::Created(created) = event
+                .decode()
+                .map_err(|e| ProjectionError::event(event, e))?;
+            assigned(
+                created.task_id.to_string(),
+                &created.assignee,
+                format!(
+                    "assigned you {}: {}",
+                    flowforge_domain::task::key(created.number),
+                    created.fields.title
+                ),
+            )
+        }
+        "task.assigned" => {
+            let TaskEvent::Assigned { assignee, .. } = event
+                .decode()
+                .map_err(|e| ProjectionError::event(event, e))?
+            else {
+                return Ok(Vec::new());
+            };
+            let task_id = event.stream_id.trim_start_matches("task-").to_owned();
+            assigned(task_id, &assignee, "assigned you a task".into())
+        }
+        "comment.posted" | "comment.edited" => {
+            let comment_id = event.stream_id.trim_start_matches("comment-").to_owned();
+            match event
+                .decode::<CommentEvent>()
+                .map_err(|e| ProjectionError::event(event, e))?
+            {
+                CommentEvent::Posted {
+                    target,
+                    author,
+                    mentions: list,
+                    ..
+                } => {
+                    let author = match author {
+                        Member::User(user) => user,
+                        Member::Agent(agent) => agent.to_string(),
+                    };
+                    mentioned(&list, &author, &comment_id, Some(&target))
+                }
+                // An edit is the comment author's (or a moderator's): whoever it
+                // mentions but its actor is told.
+                CommentEvent::Edited { mentions: list, .. } => {
+                    mentioned(&list, actor, &comment_id, None)
+                }
+                _ => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    })
+}
+
+fn position(event: &StoredEvent) -> i64 {
+    i64::try_from(event.global_position).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Projection for NotificationsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["notifications"]
+    }
+
+    fn schema(&self) -> &'static str {
+        include_str!("schema.sql")
+    }
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::all().event_types(
+            [
+                "task.created",
+                "task.assigned",
+                "comment.posted",
+                "comment.edited",
+            ]
+            .into_iter()
+            .chain(InboxEvent::TYPES.iter().copied()),
+        )
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        tables: &Tables,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = tables.get("notifications");
+        for event in events {
+            if event.stream_type == flowforge_domain::notification::STREAM_TYPE {
+                let user = event.stream_id.trim_start_matches("inbox-").to_owned();
+                let inbox: InboxEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::event(event, e))?;
+                let (ids, column, at) = match &inbox {
+                    InboxEvent::Read {
+                        notification_ids,
+                        at,
+                    } => (Some(notification_ids), "read_at", at),
+                    InboxEvent::Archived {
+                        notification_ids,
+                        at,
+                    } => (Some(notification_ids), "archived_at", at),
+                    InboxEvent::AllRead { up_to_position, at } => {
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "UPDATE {table} SET read_at = $1 WHERE recipient = $2 \
+                             AND source_position <= $3 AND read_at IS NULL"
+                        )))
+                        .bind(at.timestamp_millis())
+                        .bind(&user)
+                        .bind(i64::try_from(*up_to_position).unwrap_or(i64::MAX))
+                        .execute(&mut **tx)
+                        .await?;
+                        (None, "read_at", at)
+                    }
+                };
+                for id in ids.into_iter().flatten() {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE {table} SET {column} = $1 WHERE notification_id = $2 \
+                         AND recipient = $3 AND {column} IS NULL"
+                    )))
+                    .bind(at.timestamp_millis())
+                    .bind(id)
+                    .bind(&user)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                continue;
+            }
+            for new in caused(event)? {
+                let actor =
+                    serde_json::to_string(&event.metadata.actor).unwrap_or_else(|_| "null".into());
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {table} (notification_id, tenant_id, recipient, kind, actor, \
+                     task_id, comment_id, run_id, summary, source_position, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (notification_id) DO NOTHING"
+                )))
+                .bind(notification_id(&event.event_id.to_string(), &new.recipient))
+                .bind(event.tenant_id())
+                .bind(&new.recipient)
+                .bind(new.kind)
+                .bind(actor)
+                .bind(new.task_id)
+                .bind(new.comment_id)
+                .bind(new.run_id)
+                .bind(new.summary)
+                .bind(position(event))
+                .bind(event.recorded_at.timestamp_millis())
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Inboxes: a task assigned to someone and a mention of someone reach them (and not
+//! the one who acted); reading, reading all and archiving are theirs; and a
+//! notification exists once per causing event, whether the read model is built
+//! incrementally or rebuilt from the log in small batches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use flowforge_api::auth::token::TokenKeys;
+use flowforge_api::auth::{AuthConfig, AuthMode};
+use flowforge_projections::ReadDb;
+use flowforge_tests::backend::TestBackend;
+use flowforge_tests::server::{Api, TestServer, config_for};
+use serde_json::{Value, json};
+
+const SECRET: &[u8] = b"notification-tests-token-secret-0123456789";
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A member of the default tenant, signed in: (their id, their client).
+async fn member(base: &str, admin: &Api, name: &str) -> (String, Api) {
+    let email = format!("{name}@acme.test");
+    let (status, user) = admin
+        .post(
+            "/api/v1/users",
+            &json!({"email": email, "name": name, "role": "member", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    let (status, login) = Api::new(base)
+        .post(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    (
+        user["id"].as_str().unwrap().to_owned(),
+        Api::with_bearer(base, login["access_token"].as_str().map(str::to_owned)),
+    )
+}
+
+async fn inbox(api: &Api, query: &str, count: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, page) = api.get(&format!("/api/v1/notifications?{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        if page["items"].as_array().unwrap().len() == count {
+            return page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{query}: {page}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn unread(api: &Api) -> i64 {
+    let (status, body) = api.get("/api/v1/notifications/unread-count").await;
+    assert_eq!(status, 200, "{body}");
+    body["unread"].as_i64().unwrap()
+}
+
+async fn rows(db: &ReadDb) -> Vec<(String, String, String, Option<i64>, Option<i64>)> {
+    sqlx::query_as(
+        "SELECT notification_id, recipient, kind, read_at, archived_at FROM notifications \
+         ORDER BY notification_id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+}
+
+async fn assignments_and_mentions_reach_the_inbox_once(backend: TestBackend) {
+    let mut config = config_for(&backend);
+    config.auth = AuthConfig {
+        mode: AuthMode::Open,
+        tokens: Some(TokenKeys::new(SECRET)),
+        token_ttl: Duration::from_secs(600),
+    };
+    let server = TestServer::start_with(config).await;
+    let base = server.url.clone();
+    let admin = Api::new(base.clone());
+    let (ann_id, ann) = member(&base, &admin, "ann").await;
+    let (bob_id, bob) = member(&base, &admin, "bob").await;
+
+    // Ann assigns Bob a task and mentions him (and herself) in a comment.
+    let (status, task) = ann
+        .post(
+            "/api/v1/tasks",
+            &json!({"title": "Fix the build", "assignee": {"kind": "user", "id": bob_id}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let (status, comment) = ann
+        .post(
+            "/api/v1/comments",
+            &json!({"target": {"kind": "task", "id": task["id"]}, "body": "@bob can you look? cc @ann"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{comment}");
+    assert_eq!(comment["mentions"].as_array().unwrap().len(), 2);
+
+    let page = inbox(&bob, "", 2).await;
+    assert_eq!(page["unread"], 2);
+    let kinds: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["mentioned", "task_assigned"], "newest first");
+    let assigned = &page["items"][1];
+    assert_eq!(assigned["task"]["key"], task["key"]);
+    assert_eq!(assigned["task"]["title"], "Fix the build");
+    assert_eq!(assigned["actor"]["id"], ann_id.as_str());
+    // Ann acted: nothing for her, not even her own mention.
+    inbox(&ann, "", 0).await;
+    inbox(&bob, "kind=mentioned", 1).await;
+
+    // Reading one, then all; archiving.
+    let mention_id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = bob
+        .post(
+            "/api/v1/notifications/read",
+            &json!({"notification_ids": [mention_id]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    inbox(&bob, "unread=true", 1).await;
+    assert_eq!(unread(&bob).await, 1);
+    let (status, _) = bob.post("/api/v1/notifications/read-all", &json!({})).await;
+    assert_eq!(status, 200);
+    inbox(&bob, "unread=true", 0).await;
+    let (status, _) = bob
+        .post(
+            "/api/v1/notifications/archive",
+            &json!({"notification_ids": [mention_id]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    inbox(&bob, "", 1).await;
+    let archived = inbox(&bob, "archived=true", 1).await;
+    assert_eq!(archived["items"][0]["id"], mention_id.as_str());
+    let (status, error) = bob
+        .post(
+            "/api/v1/notifications/read",
+            &json!({"notification_ids": []}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("notification_ids"))
+    );
+    let (status, error) = bob.get("/api/v1/notifications?kind=gossip").await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("kind"))
+    );
+
+    // Rebuilt from the log one event per batch: the same notifications, once each,
+    // in the same state; and reading the log again adds nothing.
+    let incremental = rows(&backend.read_db().await).await;
+    assert_eq!(incremental.len(), 2, "{incremental:?}");
+    let (fresh, _guard) = backend.fresh_read_db().await;
+    let runner = flowforge_projections::ProjectionRunner::new(
+        fresh.clone(),
+        backend.store().await,
+        flowforge_projections::find_projection("notifications").unwrap(),
+    )
+    .with_batch_size(1);
+    runner.catch_up().await.unwrap();
+    assert_eq!(rows(&fresh).await, incremental);
+    sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = 'notifications'")
+        .execute(fresh.pool())
+        .await
+        .unwrap();
+    runner.catch_up().await.unwrap();
+    assert_eq!(
+        rows(&fresh).await,
+        incremental,
+        "a replay of the log creates nothing twice"
+    );
+}
+
+flowforge_tests::on_both_backends!(assignments_and_mentions_reach_the_inbox_once);
