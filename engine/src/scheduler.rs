@@ -133,6 +133,8 @@ pub struct Scheduler {
     recovered: Vec<(Job, Vec<Need>, i64)>,
     /// The run of each (function, key) still collecting events (debounce, batch).
     collecting: HashMap<(Space, String, String), Collecting>,
+    /// The key each collecting run is open for (a timer finds its run's entry).
+    collecting_key: HashMap<Uuid, (Space, String, String)>,
     /// Full batches that start once the events given to them are recorded.
     closing: HashMap<Uuid, Arc<std::sync::atomic::AtomicUsize>>,
 }
@@ -228,6 +230,7 @@ impl Scheduler {
             recovering: true,
             recovered: Vec::new(),
             collecting: HashMap::new(),
+            collecting_key: HashMap::new(),
             closing: HashMap::new(),
         };
         for (run_id, tenant) in active {
@@ -1237,6 +1240,7 @@ impl Scheduler {
             if full {
                 // Full: no more events for it; it starts once its records are in.
                 if let Some(open) = self.collecting.remove(&slot) {
+                    self.collecting_key.remove(&open.run_id);
                     self.start_collected(open);
                 }
             }
@@ -1266,6 +1270,7 @@ impl Scheduler {
             ),
             _ => return Collected::No,
         };
+        self.collecting_key.insert(run_id, slot.clone());
         self.collecting.insert(
             slot,
             Collecting {
@@ -1314,18 +1319,12 @@ impl Scheduler {
             self.closing.remove(&run_id);
             return None;
         }
-        let slot = self
-            .collecting
-            .iter()
-            .find(|(_, open)| open.run_id == run_id)
-            .map(|(slot, open)| {
-                (
-                    slot.clone(),
-                    open.until,
-                    open.pending.load(std::sync::atomic::Ordering::SeqCst),
-                )
-            })?;
-        let (slot, until, pending) = slot;
+        let slot = self.collecting_key.get(&run_id)?.clone();
+        let open = self.collecting.get(&slot)?;
+        let (until, pending) = (
+            open.until,
+            open.pending.load(std::sync::atomic::Ordering::SeqCst),
+        );
         if until > now {
             return Some(until);
         }
@@ -1334,6 +1333,7 @@ impl Scheduler {
         }
         // It starts: later events open a new run.
         self.collecting.remove(&slot);
+        self.collecting_key.remove(&run_id);
         None
     }
 
@@ -1356,8 +1356,10 @@ impl Scheduler {
             .and_then(|d| d.timeout)
             .zip(state.created_at)
             .map(|(timeout, created)| created + timeout);
+        let slot = (space.clone(), function.function_id, held.key.clone());
+        self.collecting_key.insert(run_id, slot.clone());
         self.collecting.insert(
-            (space.clone(), function.function_id, held.key.clone()),
+            slot,
             Collecting {
                 run_id,
                 until,
