@@ -1861,6 +1861,25 @@ fn for_key(key: &str) -> String {
     }
 }
 
+/// Decides `command` on the run and keeps the state it reached in the run cache.
+async fn handle_run(
+    context: &EngineContext,
+    meta: &EventMetadata,
+    run_id: Uuid,
+    command: &RunCommand,
+) -> Result<(), CommandError<RunError>> {
+    let handled = context
+        .commands
+        .handle::<Run>(&flowforge_domain::run::stream_id(run_id), meta, || {
+            command.clone()
+        })
+        .await?;
+    context
+        .cache
+        .put(run_id, handled.state, handled.stream_version);
+    Ok(())
+}
+
 /// Gives an event to a run still collecting them; if it has started after all (the
 /// event came as it did), the event gets a run of its own, so it is never lost.
 async fn collect_into(
@@ -1870,20 +1889,10 @@ async fn collect_into(
     command: RunCommand,
     fallback: CreateRun,
 ) -> Result<(), String> {
-    let stream = flowforge_domain::run::stream_id(run_id);
     let mut backoff = Duration::from_millis(10);
     for _ in 0..50 {
-        match context
-            .commands
-            .handle::<Run>(&stream, meta, || command.clone())
-            .await
-        {
-            Ok(handled) => {
-                context
-                    .cache
-                    .put(run_id, handled.state, handled.stream_version);
-                return Ok(());
-            }
+        match handle_run(context, meta, run_id, &command).await {
+            Ok(()) => return Ok(()),
             // The run that the event joins is being created by an effect of an
             // earlier event.
             Err(CommandError::Domain(RunError::NotFound)) => {
@@ -1970,20 +1979,10 @@ pub(crate) async fn run_command(
     run_id: Uuid,
     command: RunCommand,
 ) -> Result<(), String> {
-    let stream = flowforge_domain::run::stream_id(run_id);
     let mut backoff = Duration::from_millis(50);
     loop {
-        match context
-            .commands
-            .handle::<Run>(&stream, meta, || command.clone())
-            .await
-        {
-            Ok(handled) => {
-                context
-                    .cache
-                    .put(run_id, handled.state, handled.stream_version);
-                return Ok(());
-            }
+        match handle_run(context, meta, run_id, &command).await {
+            Ok(()) => return Ok(()),
             Err(CommandError::Domain(
                 RunError::AlreadyExists
                 | RunError::Finished(_)
