@@ -5,6 +5,7 @@
 //! itself, so no handler can forget the `tenant_id` condition. Operations that span
 //! tenants (projection status, rebuilds, readiness) use `Platform::operations_db`.
 
+use flowforge_projections::approvals::ApprovalRow;
 use flowforge_projections::comments::CommentRow;
 use flowforge_projections::document::Document;
 use flowforge_projections::events::EventRow;
@@ -57,6 +58,7 @@ pub struct NotificationRow {
     pub task_title: Option<String>,
     pub comment_id: Option<String>,
     pub run_id: Option<String>,
+    pub approval_id: Option<String>,
     pub summary: String,
     pub created_at: i64,
     pub read_at: Option<i64>,
@@ -213,6 +215,31 @@ impl<'a> TenantReads<'a> {
         rows(&found)
     }
 
+    /// Approvals, newest first; `status` filters, `assignee` keeps those asked of that
+    /// user (or of anyone).
+    pub async fn approvals(
+        &self,
+        status: Option<&str>,
+        assignee: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM approvals WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR assignees = '[]' OR assignees LIKE $4) \
+             ORDER BY requested_at DESC, approval_id LIMIT $5",
+            ApprovalRow::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(status)
+        .bind(assignee)
+        .bind(assignee.map(|a| format!("%{}%", serde_json::Value::from(a))))
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
     /// A user's notifications: unread first, then newest.
     pub async fn notifications(
         &self,
@@ -224,7 +251,7 @@ impl<'a> TenantReads<'a> {
     ) -> Result<Vec<NotificationRow>, ApiError> {
         sqlx::query_as::<_, NotificationRow>(
             "SELECT n.notification_id, n.kind, n.actor, n.task_id, t.number AS task_number, \
-                    t.title AS task_title, n.comment_id, n.run_id, n.summary, n.created_at, \
+                    t.title AS task_title, n.comment_id, n.run_id, n.approval_id, n.summary, n.created_at, \
                     n.read_at, n.archived_at \
              FROM notifications n LEFT JOIN tasks t ON t.task_id = n.task_id \
              WHERE n.tenant_id = $1 AND n.recipient = $2 \

@@ -74,6 +74,7 @@ fn migrate_then_status_on_an_empty_embedded_store() {
             "events",
             "tasks",
             "comments",
+            "approvals",
             "notifications"
         ]
     );

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod agent;
 pub mod api_key;
 pub mod app;
+pub mod approval;
 pub mod comment;
 pub mod decider;
 pub mod duration;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::approval::ApprovalAsk;
 use crate::decider::{Decider, DomainEvent};
 use crate::environment::Environment;
 
@@ -222,6 +223,17 @@ pub struct WaitStarted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
     pub until: DateTime<Utc>,
+    /// Set when the wait is for a human decision (`step.wait_for_approval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalWait>,
+}
+
+/// The approval a wait step asked for; the wait resumes on its decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalWait {
+    pub approval_id: Uuid,
+    #[serde(flatten)]
+    pub ask: ApprovalAsk,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -530,6 +542,7 @@ pub enum Waiting {
         event: String,
         expression: Option<String>,
         until: DateTime<Utc>,
+        approval: Option<ApprovalWait>,
     },
     Invoke {
         child_run_id: Uuid,
@@ -777,6 +790,8 @@ pub enum Op {
         event: String,
         expression: Option<String>,
         until: DateTime<Utc>,
+        /// A wait for a human decision: the event and match are FlowForge's own.
+        approval: Option<ApprovalAsk>,
     },
     InvokeFunction {
         id: String,
@@ -986,6 +1001,7 @@ impl Decider for Run {
                         event: e.event.clone(),
                         expression: e.expression.clone(),
                         until: e.until,
+                        approval: e.approval.clone(),
                     },
                 );
             }
@@ -1465,14 +1481,27 @@ fn decide_op(
             event,
             expression,
             until,
+            approval,
         } => {
             group.members.push(id.clone());
+            let (event, expression, approval) = match (approval, state.run_id) {
+                (Some(ask), Some(run_id)) => {
+                    let approval_id = crate::approval::approval_id(run_id, &id);
+                    (
+                        crate::approval::DECIDED_EVENT.to_owned(),
+                        Some(format!("async.data.approval_id == \"{approval_id}\"")),
+                        Some(ApprovalWait { approval_id, ask }),
+                    )
+                }
+                _ => (event, expression, None),
+            };
             events.push(RunEvent::WaitStarted(WaitStarted {
                 step_id: id,
                 name,
                 event,
                 expression,
                 until,
+                approval,
             }));
         }
         Op::InvokeFunction {
@@ -2299,6 +2328,46 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_wait_waits_for_its_own_decision_whatever_event_the_app_named() {
+        let ask = ApprovalAsk {
+            title: "Ship it?".into(),
+            description: None,
+            assignees: vec!["ana".into()],
+        };
+        let events = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![Op::WaitForEvent {
+                    id: "ok".into(),
+                    name: "ok".into(),
+                    event: "anything".into(),
+                    expression: None,
+                    until: t(60_000),
+                    approval: Some(ask.clone()),
+                }]),
+            ))
+            .events();
+        let run_id = Run::fold([created()].iter()).run_id.unwrap_or_default();
+        let approval_id = crate::approval::approval_id(run_id, "ok");
+        let wait = events.iter().find_map(|e| match e {
+            RunEvent::WaitStarted(w) => Some(w.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            wait,
+            Some(WaitStarted {
+                step_id: "ok".into(),
+                name: "ok".into(),
+                event: crate::approval::DECIDED_EVENT.into(),
+                expression: Some(format!("async.data.approval_id == \"{approval_id}\"")),
+                until: t(60_000),
+                approval: Some(ApprovalWait { approval_id, ask }),
+            })
+        );
+    }
+
+    #[test]
     fn a_sleep_in_a_parallel_group_is_waited_for_too() {
         let events = Spec::given([created()])
             .when(record(
@@ -2433,6 +2502,7 @@ mod tests {
                 event: "order/shipped".into(),
                 expression: Some("event.data.id == async.data.id".into()),
                 until: t(60_000),
+                approval: None,
             }),
         ];
         let matched = json!({"name": "order/shipped", "data": {"id": 1}});

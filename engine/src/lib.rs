@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod ai_gateway;
+pub mod approvals;
 pub mod concurrency;
 pub mod cron;
 pub mod executor;

@@ -3,6 +3,7 @@
 //! `docs/sdk-protocol.md` is the human-readable version of this module.
 
 use chrono::{DateTime, Duration, Utc};
+use flowforge_domain::approval::{ApprovalAsk, validate_ask};
 use flowforge_domain::run::{
     CallOutcome, CallTarget, MemoizedStep, Op, RunState, StepError, StepKind, StepOutput,
 };
@@ -277,9 +278,19 @@ fn parse_op(
             let event = opt_str("event")
                 .or_else(|| str_field(item, "name").map(str::to_owned))
                 .ok_or_else(|| format!("wait {id} names no event"))?;
+            let approval = match opts.get("approval") {
+                None | Some(Value::Null) => None,
+                Some(ask) => {
+                    let ask: ApprovalAsk = serde_json::from_value(ask.clone())
+                        .map_err(|e| format!("approval wait {id}: opts.approval: {e}"))?;
+                    validate_ask(&ask).map_err(|e| format!("approval wait {id}: {e}"))?;
+                    Some(ask)
+                }
+            };
             Op::WaitForEvent {
                 until: now + timeout(DEFAULT_WAIT_TIMEOUT)?,
                 expression: opt_str("if"),
+                approval,
                 event,
                 id,
                 name: display,

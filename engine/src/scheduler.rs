@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flowforge_commands::CommandError;
 use flowforge_domain::app::FunctionVersion;
+use flowforge_domain::approval::ApprovalOrigin;
 use flowforge_domain::event::{EventReceived, EventSource, IncomingEvent};
 use flowforge_domain::flow_control::{
     Batch, ConcurrencyLimit, ConcurrencyScope, Debounce, FlowControl, Throttle,
@@ -41,6 +42,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::admission::key_text;
+use crate::approvals;
 use crate::concurrency::{CallId, Need, SlotKey, Slots};
 use crate::metrics::Metrics;
 use crate::queue::Job;
@@ -528,6 +530,7 @@ impl Scheduler {
             tracked.timed.remove(step);
         }
         let mut new_waits = Vec::new();
+        let mut new_approvals = Vec::new();
         for (step_id, w) in waiting {
             if !tracked.timed.insert(step_id.clone()) {
                 continue;
@@ -537,8 +540,26 @@ impl Scheduler {
                     run_id,
                     step_id: step_id.clone(),
                 },
-                Waiting::Event { event, .. } => {
+                Waiting::Event {
+                    event,
+                    approval,
+                    until,
+                    ..
+                } => {
                     new_waits.push((event.clone(), step_id.clone()));
+                    if let Some(wait) = approval {
+                        let origin = ApprovalOrigin {
+                            run_id,
+                            function_id: tracked
+                                .state
+                                .function
+                                .as_ref()
+                                .map(|f| f.function_id.clone())
+                                .unwrap_or_default(),
+                            step_id: step_id.clone(),
+                        };
+                        new_approvals.push((tracked.space.clone(), origin, wait.clone(), *until));
+                    }
                     Timer::WaitExpired {
                         run_id,
                         step_id: step_id.clone(),
@@ -561,6 +582,12 @@ impl Scheduler {
                 .entry(event)
                 .or_default()
                 .insert((run_id, step_id));
+        }
+        for (space, origin, wait, until) in new_approvals {
+            let context = self.context.clone();
+            self.effect(position, async move {
+                approvals::request(&context, &metadata(&space), origin, wait, until).await
+            });
         }
         for call in no_longer_due {
             self.release(&call);
@@ -1698,7 +1725,13 @@ impl Scheduler {
                 }
             }
             Timer::WaitExpired { run_id, step_id } => {
-                if let Some(space) = self.waiting_space(run_id, &step_id) {
+                if let Some((space, approval_id)) = self.waiting_approval(run_id, &step_id) {
+                    let context = self.context.clone();
+                    self.effect(position, async move {
+                        let meta = metadata(&space);
+                        approvals::expire(&context, &meta, run_id, step_id, approval_id).await
+                    });
+                } else if let Some(space) = self.waiting_space(run_id, &step_id) {
                     self.command(
                         position,
                         &space,
@@ -1770,6 +1803,18 @@ impl Scheduler {
                 }
                 self.schedule_crons();
             }
+        }
+    }
+
+    /// The approval a waiting step waits for, if it is an approval wait.
+    fn waiting_approval(&self, run_id: Uuid, step_id: &str) -> Option<(Space, Uuid)> {
+        let tracked = self.runs.get(&run_id)?;
+        match tracked.state.waiting.get(step_id)? {
+            Waiting::Event {
+                approval: Some(wait),
+                ..
+            } => Some((tracked.space.clone(), wait.approval_id)),
+            _ => None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! position 0 while generation n keeps serving, then swaps the view in one transaction
 //! (see [`rebuild`]).
 
+pub mod approvals;
 pub mod checkpoint;
 pub mod comments;
 pub mod document;
@@ -149,6 +150,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(document::Documents(events::EventsProjection)),
         Arc::new(document::Documents(tasks::TasksProjection)),
         Arc::new(document::Documents(comments::CommentsProjection)),
+        Arc::new(document::Documents(approvals::ApprovalsProjection)),
         Arc::new(notifications::NotificationsProjection),
     ]
 }

@@ -421,6 +421,21 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(path, Some(json!({"title": format!("task {n}")})), 201, 201)
             }
             ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
+            ("GET", "/api/v1/approvals") => case(path, None, 200, 200),
+            // No run has asked for one: the answer after access is granted is 404.
+            ("GET", "/api/v1/approvals/{id}") => case(
+                path.replace("{id}", "0192d0c4-0000-7000-8000-000000000000"),
+                None,
+                404,
+                404,
+            ),
+            ("POST", "/api/v1/approvals/{id}/approve")
+            | ("POST", "/api/v1/approvals/{id}/reject") => case(
+                path.replace("{id}", "0192d0c4-0000-7000-8000-000000000000"),
+                Some(json!({})),
+                404,
+                404,
+            ),
             ("GET", "/api/v1/notifications") | ("GET", "/api/v1/notifications/unread-count") => {
                 case(path, None, 200, 200)
             }

@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per resource.
 
 pub mod agents;
+pub mod approvals;
 pub mod apps;
 pub mod comments;
 pub mod events;
@@ -479,6 +480,42 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/approvals",
+                Access::Scope(S::TasksRead),
+                "Approvals runs asked for; `status`, `assignee` (`me` or a user id)",
+            ),
+            get(approvals::list),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/approvals/{id}",
+                Access::Scope(S::TasksRead),
+                "One approval, as the log has it",
+            ),
+            get(approvals::show),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/approvals/{id}/approve",
+                Access::Scope(S::TasksWrite),
+                "Approve: the waiting run resumes with `approved: true`",
+            ),
+            post(approvals::approve),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/approvals/{id}/reject",
+                Access::Scope(S::TasksWrite),
+                "Reject: the waiting run resumes with `approved: false`",
+            ),
+            post(approvals::reject),
         ),
         (
             spec(

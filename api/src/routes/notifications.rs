@@ -42,6 +42,7 @@ fn notification_json(row: &NotificationRow) -> Value {
         })),
         "comment_id": row.comment_id,
         "run_id": row.run_id,
+        "approval_id": row.approval_id,
         "created_at": ms(Some(row.created_at)),
         "read_at": ms(row.read_at),
         "archived_at": ms(row.archived_at),
@@ -66,11 +67,11 @@ pub async fn list(
     Query(query): Query<ListNotifications>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(kind) = &query.kind
-        && !["task_assigned", "mentioned"].contains(&kind.as_str())
+        && !["task_assigned", "mentioned", "approval_requested"].contains(&kind.as_str())
     {
         return Err(ApiError::invalid_field(
             "kind",
-            "`task_assigned` or `mentioned`",
+            "`task_assigned`, `mentioned` or `approval_requested`",
         ));
     }
     let limit = query.limit.unwrap_or(100);

@@ -1,11 +1,12 @@
 //! `notifications`: every user's inbox, derived from the events that cause a
-//! notification (a task assigned to them, a mention of them) and from what they did
+//! notification (a task assigned to them, a mention of them, an approval asked of them) and from what they did
 //! with it (`inbox.*`). A notification's id is its causing event's id and its
 //! recipient, inserted only if absent in the same transaction as the checkpoint, so a
 //! notification exists exactly once however often the log is read (restarts,
 //! rebuilds).
 
 use async_trait::async_trait;
+use flowforge_domain::approval::ApprovalEvent;
 use flowforge_domain::comment::{CommentEvent, CommentTarget, Member, Mention};
 use flowforge_domain::notification::{InboxEvent, notification_id};
 use flowforge_domain::task::{Assignee, TaskBoardEvent, TaskEvent};
@@ -25,6 +26,7 @@ struct New {
     task_id: Option<String>,
     comment_id: Option<String>,
     run_id: Option<String>,
+    approval_id: Option<String>,
     summary: String,
 }
 
@@ -49,6 +51,7 @@ fn mentioned(
                 task_id: task_id.clone(),
                 comment_id: Some(comment_id.to_owned()),
                 run_id: run_id.clone(),
+                approval_id: None,
                 summary: format!("mentioned you (@{})", m.name),
             }),
             _ => None,
@@ -66,6 +69,7 @@ fn caused(event: &StoredEvent) -> Result<Vec<New>, ProjectionError> {
             task_id: Some(task_id),
             comment_id: None,
             run_id: None,
+            approval_id: None,
             summary,
         }],
         _ => Vec::new(),
@@ -121,6 +125,31 @@ fn caused(event: &StoredEvent) -> Result<Vec<New>, ProjectionError> {
                 _ => Vec::new(),
             }
         }
+        "approval.requested" => {
+            let ApprovalEvent::Requested {
+                approval_id,
+                ask,
+                origin,
+                ..
+            } = event
+                .decode()
+                .map_err(|e| ProjectionError::event(event, e))?
+            else {
+                return Ok(Vec::new());
+            };
+            ask.assignees
+                .iter()
+                .map(|user| New {
+                    recipient: user.clone(),
+                    kind: "approval_requested",
+                    task_id: None,
+                    comment_id: None,
+                    run_id: Some(origin.run_id.to_string()),
+                    approval_id: Some(approval_id.to_string()),
+                    summary: format!("asks your approval: {}", ask.title),
+                })
+                .collect()
+        }
         _ => Vec::new(),
     })
 }
@@ -136,7 +165,7 @@ impl Projection for NotificationsProjection {
     }
 
     fn schema_version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -154,6 +183,7 @@ impl Projection for NotificationsProjection {
                 "task.assigned",
                 "comment.posted",
                 "comment.edited",
+                "approval.requested",
             ]
             .into_iter()
             .chain(InboxEvent::TYPES.iter().copied()),
@@ -213,8 +243,8 @@ impl Projection for NotificationsProjection {
                     serde_json::to_string(&event.metadata.actor).unwrap_or_else(|_| "null".into());
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {table} (notification_id, tenant_id, recipient, kind, actor, \
-                     task_id, comment_id, run_id, summary, source_position, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     task_id, comment_id, run_id, approval_id, summary, source_position, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                      ON CONFLICT (notification_id) DO NOTHING"
                 )))
                 .bind(notification_id(&event.event_id.to_string(), &new.recipient))
@@ -225,6 +255,7 @@ impl Projection for NotificationsProjection {
                 .bind(new.task_id)
                 .bind(new.comment_id)
                 .bind(new.run_id)
+                .bind(new.approval_id)
                 .bind(new.summary)
                 .bind(position(event))
                 .bind(event.recorded_at.timestamp_millis())

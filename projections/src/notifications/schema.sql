@@ -4,13 +4,14 @@ CREATE TABLE {notifications} (
     tenant_id        TEXT   NOT NULL,
     -- a user id
     recipient        TEXT   NOT NULL,
-    -- `task_assigned` or `mentioned`
+    -- `task_assigned`, `mentioned` or `approval_requested`
     kind             TEXT   NOT NULL,
     -- who caused it: JSON {"kind", "id"}
     actor            TEXT   NOT NULL,
     task_id          TEXT,
     comment_id       TEXT,
     run_id           TEXT,
+    approval_id      TEXT,
     -- a short text for the inbox
     summary          TEXT   NOT NULL,
     source_position  BIGINT NOT NULL,

@@ -115,6 +115,22 @@ class Client:
                 raise TimeoutError(f"run {run_id} is still {run['status']}")
             time.sleep(0.05)
 
+    def approvals(self, **filters: Any) -> list[dict[str, Any]]:
+        """Approvals runs asked for, newest first (`status=`, `assignee=`)."""
+        query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
+        answer = self._request("GET", "/api/v1/approvals" + (f"?{query}" if query else ""))
+        return list(answer["items"])
+
+    def approve(self, approval_id: str, comment: str | None = None) -> dict[str, Any]:
+        """Approves; the waiting run resumes with `approved: True`."""
+        return self._request("POST", f"/api/v1/approvals/{urllib.parse.quote(approval_id)}/approve",
+                             {"comment": comment})
+
+    def reject(self, approval_id: str, comment: str | None = None) -> dict[str, Any]:
+        """Rejects; the waiting run resumes with `approved: False`."""
+        return self._request("POST", f"/api/v1/approvals/{urllib.parse.quote(approval_id)}/reject",
+                             {"comment": comment})
+
     async def run_async(self, run_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.run, run_id)
 

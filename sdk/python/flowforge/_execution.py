@@ -185,6 +185,23 @@ class Step:
         return self._step(id, "WaitForEvent", opts, None,
                           lambda memo: None if memo is None else Event(memo))
 
+    def wait_for_approval(self, id: str, *, title: str, timeout: Duration,
+                          assignees: list[str] | tuple[str, ...] = (),
+                          description: str | None = None) -> dict[str, Any]:
+        """Asks people for a decision (FlowForge approvals) and waits for it. The
+        assignees (user ids; none: any member) are notified; the step returns
+        `{"approved", "by", "comment", "timed_out"}` once a member answers
+        `POST /api/v1/approvals/{id}/approve|reject`, or a rejection with
+        `timed_out: True` when `timeout` passes first."""
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError("wait_for_approval needs a title")
+        ask: dict[str, Any] = {"title": title, "assignees": list(assignees)}
+        if description is not None:
+            ask["description"] = description
+        opts = {"event": "flowforge/approval.decided", "timeout": to_text(timeout),
+                "approval": ask}
+        return self._step(id, "WaitForEvent", opts, None, _approval_outcome)
+
     def invoke(self, id: str, *, function_id: str, data: dict[str, Any] | None = None,
                timeout: Duration | None = None) -> Any:
         """Runs another function (its id, or the full `<app>-<function>` id) with
@@ -400,3 +417,11 @@ async def _answer_steps(execution: _Execution, target: str | None,
     except Exception as error:  # the step's attempt failed: the server retries it
         return Outcome(206, [_op(chosen, "StepError", error=_error_body(error))])
     return Outcome(206, [_op(chosen, "StepRun", data=data)])
+
+
+def _approval_outcome(memo: Any) -> dict[str, Any]:
+    if memo is None:
+        return {"approved": False, "by": None, "comment": None, "timed_out": True}
+    data = memo.get("data") or {}
+    return {"approved": bool(data.get("approved")), "by": data.get("by"),
+            "comment": data.get("comment"), "timed_out": bool(data.get("timed_out"))}

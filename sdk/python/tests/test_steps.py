@@ -94,6 +94,50 @@ def test_wait_for_event_times_out_with_none(client):
     assert run["output"] == {"shipped": None}
 
 
+def pending_approval_of(client: flowforge.Client, run_id: str) -> dict:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        found = [a for a in client.approvals(status="pending") if a["run_id"] == run_id]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, "the run never asked for an approval"
+        time.sleep(0.05)
+
+
+def test_an_approval_resumes_the_run_with_the_decision(client):
+    event_id = client.send("py/refund", {"amount": 120})
+    run = client.runs_of_event(event_id, 1, TIMEOUT)[0]
+    approval = pending_approval_of(client, run["id"])
+    assert approval["title"] == "Refund 120 EUR?"
+    answered = client.approve(approval["id"], comment="fine by me")
+    assert answered["status"] == "approved" and answered["decided_by"] == "dev"
+    finished = client.wait_for_run(run["id"], TIMEOUT)
+    assert finished["status"] == "completed", finished
+    assert finished["output"] == {"refunded": True, "decision": {
+        "approved": True, "by": "dev", "comment": "fine by me", "timed_out": False}}
+    # Answering again the other way is refused; the decision stands.
+    try:
+        client.reject(approval["id"])
+        raise AssertionError("a second, different answer was accepted")
+    except flowforge.FlowForgeError as error:
+        assert error.status == 409, error.body
+
+
+def test_a_rejection_and_a_timeout_resume_the_run_without_approval(client):
+    event_id = client.send("py/refund", {"amount": 9000})
+    run = client.runs_of_event(event_id, 1, TIMEOUT)[0]
+    client.reject(pending_approval_of(client, run["id"])["id"], comment="too much")
+    rejected = client.wait_for_run(run["id"], TIMEOUT)
+    assert rejected["output"]["refunded"] is False
+    assert rejected["output"]["decision"]["comment"] == "too much"
+
+    timed = run_of(client, "py/refund", {"amount": 1, "timeout": "1s"})
+    assert timed["output"] == {"refunded": False, "decision": {
+        "approved": False, "by": None, "comment": None, "timed_out": True}}
+    statuses = {a["run_id"]: a["status"] for a in client.approvals()}
+    assert statuses[timed["id"]] == "timed_out"
+
+
 def test_invoke_returns_the_child_result(client):
     run = run_of(client, "py/parent", {"n": 7})
     assert run["status"] == "completed", run

@@ -89,6 +89,17 @@ async def wait(ctx: flowforge.Context):
     return {"shipped": None if shipped is None else shipped.data}
 
 
+@flowforge.function(id="refund", trigger=flowforge.trigger.event("py/refund"))
+async def refund(ctx: flowforge.Context):
+    decision = await step.wait_for_approval(
+        "approve-refund", title=f"Refund {ctx.event.data['amount']} EUR?",
+        timeout=ctx.event.data.get("timeout", "30s"))
+    if not decision["approved"]:
+        return {"refunded": False, "decision": decision}
+    await step.run("pay", lambda: "paid")
+    return {"refunded": True, "decision": decision}
+
+
 @flowforge.function(id="child", trigger=flowforge.trigger.event("py/child"))
 async def child(ctx: flowforge.Context):
     return await step.run("square", lambda: ctx.event.data["n"] ** 2)

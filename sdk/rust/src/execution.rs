@@ -27,6 +27,48 @@ pub struct Context {
     pub function_id: String,
 }
 
+/// What [`Step::wait_for_approval`] asks.
+#[derive(Debug, Clone)]
+pub struct ApprovalRequest {
+    pub title: String,
+    pub description: Option<String>,
+    /// Ids of the users asked (and notified); empty: any member may answer.
+    pub assignees: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl ApprovalRequest {
+    pub fn new(title: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            title: title.into(),
+            description: None,
+            assignees: Vec::new(),
+            timeout,
+        }
+    }
+
+    pub fn assignees(mut self, users: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.assignees = users.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+}
+
+/// The decision a [`Step::wait_for_approval`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ApprovalOutcome {
+    pub approved: bool,
+    /// The user who answered; `None` when it timed out.
+    pub by: Option<String>,
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
 /// Options of [`Step::wait_for_event`].
 #[derive(Debug, Clone)]
 pub struct WaitOptions {
@@ -232,6 +274,46 @@ impl Step {
             )
             .await;
         Ok((!memo.is_null()).then_some(memo))
+    }
+
+    /// Asks people for a decision and waits for it (FlowForge's approvals): the
+    /// assignees are notified, a member answers `POST /api/v1/approvals/{id}/approve`
+    /// or `/reject`, and the step returns the decision. When `timeout` passes first
+    /// it returns a rejection with `timed_out` set.
+    pub async fn wait_for_approval(
+        &self,
+        name: &str,
+        request: ApprovalRequest,
+    ) -> Result<ApprovalOutcome, Error> {
+        let memo = self
+            .memo_or_report(
+                name,
+                "WaitForEvent",
+                json!({
+                    "event": "flowforge/approval.decided",
+                    "timeout": duration_string(request.timeout),
+                    "approval": {
+                        "title": request.title,
+                        "description": request.description,
+                        "assignees": request.assignees,
+                    },
+                }),
+                None,
+            )
+            .await;
+        if memo.is_null() {
+            return Ok(ApprovalOutcome {
+                approved: false,
+                by: None,
+                comment: None,
+                timed_out: true,
+            });
+        }
+        serde_json::from_value(memo.get("data").cloned().unwrap_or(Value::Null)).map_err(|e| {
+            Error::msg(format!(
+                "step {name}: the approval's answer is malformed: {e}"
+            ))
+        })
     }
 
     /// Runs another function (its full id, `<app>-<function>`) and returns its result.

@@ -43,7 +43,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use client::Client;
-pub use execution::{Context, Step, WaitOptions};
+pub use execution::{ApprovalOutcome, ApprovalRequest, Context, Step, WaitOptions};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Handler = Arc<dyn Fn(Context, Step) -> BoxFuture<Result<Value, Error>> + Send + Sync>;
