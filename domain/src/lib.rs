@@ -21,6 +21,7 @@ pub mod flow_control;
 pub mod metadata;
 pub mod notification;
 pub mod run;
+pub mod skill;
 pub mod signing_key;
 pub mod task;
 pub mod tenant;

@@ -24,6 +24,7 @@ pub fn missing_service<T>(what: &str, why: impl std::fmt::Display) -> Option<T> 
 
 pub mod backend;
 pub mod fake_llm;
+pub mod fake_marketplace;
 pub mod fixtures;
 pub mod nats;
 pub mod process;
