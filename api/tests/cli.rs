@@ -75,6 +75,7 @@ fn migrate_then_status_on_an_empty_embedded_store() {
             "tasks",
             "comments",
             "approvals",
+            "skills",
             "notifications"
         ]
     );

@@ -20,6 +20,7 @@ pub mod readdb;
 pub mod rebuild;
 pub mod runner;
 pub mod runs;
+pub mod skills;
 pub mod streams;
 pub mod tasks;
 
@@ -151,6 +152,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(document::Documents(tasks::TasksProjection)),
         Arc::new(document::Documents(comments::CommentsProjection)),
         Arc::new(document::Documents(approvals::ApprovalsProjection)),
+        Arc::new(document::Documents(skills::SkillsProjection)),
         Arc::new(notifications::NotificationsProjection),
     ]
 }

@@ -514,11 +514,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tmp_write_zip() {
-        std::fs::write("/tmp/ff.zip", zip(&[("SKILL.md".into(), "---\nname: a\n---\nhi\n".into()), ("scripts/x.sh".into(), "echo\n".into())])).unwrap();
-    }
-
-    #[test]
     fn crc32_matches_the_reference_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
