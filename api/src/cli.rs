@@ -90,6 +90,20 @@ struct EngineArgs {
     /// Largest accepted event request, in bytes.
     #[arg(long, env = "FLOWFORGE_MAX_EVENT_BYTES", default_value_t = 512 * 1024)]
     max_event_bytes: usize,
+    /// The skills marketplace (the skills.sh API) skills are searched and imported from.
+    #[arg(
+        long,
+        env = "FLOWFORGE_SKILLS_MARKETPLACE_URL",
+        default_value = "https://skills.sh"
+    )]
+    skills_marketplace_url: String,
+    /// Milliseconds one request to a skills marketplace or site may take.
+    #[arg(
+        long,
+        env = "FLOWFORGE_SKILLS_FETCH_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    skills_fetch_timeout_ms: u64,
     /// Signs every call to apps with this key (`X-Inngest-Signature`, HMAC-SHA256).
     #[arg(long, env = "FLOWFORGE_SIGNING_KEY", hide_env_values = true)]
     signing_key: Option<String>,
@@ -124,6 +138,13 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
+    fn skill_sources(&self) -> crate::config::SkillSources {
+        crate::config::SkillSources {
+            marketplace_url: self.skills_marketplace_url.trim_end_matches('/').to_owned(),
+            timeout: std::time::Duration::from_millis(self.skills_fetch_timeout_ms.max(1)),
+        }
+    }
+
     fn inngest_keys(&self) -> crate::config::InngestKeys {
         crate::config::InngestKeys {
             event_keys: self
@@ -442,6 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_event_bytes: args.engine.max_event_bytes,
                 engine: args.engine.engine_config("dev"),
                 inngest_keys: args.engine.inngest_keys(),
+                skills: args.engine.skill_sources(),
                 auth,
             };
             let apps = DevApps {
@@ -490,6 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     engine
                 },
                 inngest_keys: args.engine.inngest_keys(),
+                skills: args.engine.skill_sources(),
                 auth,
             };
             run_server(config, None).await

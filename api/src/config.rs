@@ -98,6 +98,25 @@ pub struct Config {
     pub engine: flowforge_engine::EngineConfig,
     pub inngest_keys: InngestKeys,
     pub auth: crate::auth::AuthConfig,
+    pub skills: SkillSources,
+}
+
+/// Where skills are imported from.
+#[derive(Debug, Clone)]
+pub struct SkillSources {
+    /// The skills.sh-compatible marketplace (`FLOWFORGE_SKILLS_MARKETPLACE_URL`).
+    pub marketplace_url: String,
+    /// How long one request to a marketplace or a site may take.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for SkillSources {
+    fn default() -> Self {
+        Self {
+            marketplace_url: "https://skills.sh".into(),
+            timeout: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// Inngest-format keys for apps in production mode (see `docs/sdk-protocol.md`).
@@ -156,6 +175,7 @@ impl Config {
             max_event_bytes: 512 * 1024,
             engine: flowforge_engine::EngineConfig::default(),
             inngest_keys: InngestKeys::default(),
+            skills: SkillSources::default(),
             auth: crate::auth::AuthConfig {
                 // Tokens signed with a secret of this process only: they die with it.
                 tokens: Some(crate::auth::token::TokenKeys::new(&random_secret())),

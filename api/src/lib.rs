@@ -16,6 +16,7 @@ pub mod http;
 pub mod platform;
 pub mod reads;
 pub mod routes;
+pub mod skill_sources;
 pub mod telemetry;
 
 pub use config::Config;

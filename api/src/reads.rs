@@ -10,6 +10,7 @@ use flowforge_projections::comments::CommentRow;
 use flowforge_projections::document::Document;
 use flowforge_projections::events::EventRow;
 use flowforge_projections::runs::RunRow;
+pub use flowforge_projections::skills::SkillRow as SkillListing;
 use flowforge_projections::tasks::TaskRow;
 use flowforge_projections::{Dialect, ReadDb};
 
@@ -234,6 +235,21 @@ impl<'a> TenantReads<'a> {
         .bind(assignee)
         .bind(assignee.map(|a| format!("%{}%", serde_json::Value::from(a))))
         .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(ApiError::internal)?;
+        rows(&found)
+    }
+
+    /// The tenant's skills that are not deleted, by name.
+    pub async fn skills(&self, kind: Option<&str>) -> Result<Vec<SkillListing>, ApiError> {
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM skills WHERE tenant_id = $1 AND deleted_at IS NULL \
+             AND ($2 IS NULL OR kind = $2) ORDER BY name",
+            SkillListing::COLUMNS.join(", ")
+        )))
+        .bind(self.tenant)
+        .bind(kind)
         .fetch_all(self.db.pool())
         .await
         .map_err(ApiError::internal)?;

@@ -27,6 +27,7 @@ pub mod queue;
 pub mod registry;
 pub mod scheduler;
 pub mod signing;
+pub mod skills;
 pub mod space;
 pub mod timers;
 

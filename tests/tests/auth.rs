@@ -422,6 +422,45 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
             }
             ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
             ("GET", "/api/v1/approvals") => case(path, None, 200, 200),
+            ("GET", "/api/v1/skills") => case(path, None, 200, 200),
+            // Unknown skills and functions: 404 once access is granted; bodies that
+            // are refused before any source is asked: 400.
+            ("GET", "/api/v1/skills/{id}")
+            | ("DELETE", "/api/v1/skills/{id}")
+            | ("POST", "/api/v1/skills/{id}/refresh") => {
+                case(path.replace("{id}", "no-such-skill"), None, 404, 404)
+            }
+            ("PATCH", "/api/v1/skills/{id}") => case(
+                path.replace("{id}", "no-such-skill"),
+                Some(json!({"description": "d"})),
+                404,
+                404,
+            ),
+            ("POST", "/api/v1/skills") => case(
+                path,
+                Some(json!({"name": "Bad Name", "description": "d"})),
+                400,
+                400,
+            ),
+            ("POST", "/api/v1/skills/upload") => case(path, Some(json!({"files": []})), 400, 400),
+            ("GET", "/api/v1/skills/marketplace/search") => {
+                case(format!("{path}?q="), None, 400, 400)
+            }
+            ("GET", "/api/v1/skills/marketplace/preview") => {
+                case(format!("{path}?source=bad"), None, 400, 400)
+            }
+            ("POST", "/api/v1/skills/marketplace/import") => {
+                case(path, Some(json!({"source": "bad"})), 400, 400)
+            }
+            ("GET", "/api/v1/functions/{id}/skills") => {
+                case(path.replace("{id}", "no-such-function"), None, 404, 404)
+            }
+            ("PUT", "/api/v1/functions/{id}/skills") => case(
+                path.replace("{id}", "no-such-function"),
+                Some(json!({"skills": []})),
+                404,
+                404,
+            ),
             // No run has asked for one: the answer after access is granted is 404.
             ("GET", "/api/v1/approvals/{id}") => case(
                 path.replace("{id}", "0192d0c4-0000-7000-8000-000000000000"),

@@ -11,6 +11,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod runs;
 pub mod signing_keys;
+pub mod skills;
 pub mod system;
 pub mod tasks;
 pub mod webhooks;
@@ -480,6 +481,114 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Delete a webhook",
             ),
             delete(webhooks::delete),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/skills",
+                Access::Scope(S::FunctionsRead),
+                "Skills of the tenant; `kind`",
+            ),
+            get(skills::list),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/skills",
+                Access::Scope(S::FunctionsManage),
+                "Create a template skill, from a function (`from_function`) or given",
+            ),
+            post(skills::create),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/skills/upload",
+                Access::Scope(S::FunctionsManage),
+                "Import a skill folder given as files",
+            ),
+            post(skills::upload),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/skills/marketplace/search",
+                Access::Scope(S::FunctionsRead),
+                "Search the skills marketplace: `q`, `limit`, `owner`",
+            ),
+            get(skills::search),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/skills/marketplace/preview",
+                Access::Scope(S::FunctionsRead),
+                "A marketplace or site skill, validated, not imported: `source`",
+            ),
+            get(skills::preview),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/skills/marketplace/import",
+                Access::Scope(S::FunctionsManage),
+                "Import a skill from the marketplace or a site's index",
+            ),
+            post(skills::import),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/skills/{id}",
+                Access::Scope(S::FunctionsRead),
+                "One skill (id or name) with its versions; `version` adds files",
+            ),
+            get(skills::show),
+        ),
+        (
+            spec(
+                M::PATCH,
+                "/api/v1/skills/{id}",
+                Access::Scope(S::FunctionsManage),
+                "Edit a template skill",
+            ),
+            patch(skills::edit),
+        ),
+        (
+            spec(
+                M::DELETE,
+                "/api/v1/skills/{id}",
+                Access::Scope(S::FunctionsManage),
+                "Delete a skill (its versions stay in the log)",
+            ),
+            delete(skills::delete),
+        ),
+        (
+            spec(
+                M::POST,
+                "/api/v1/skills/{id}/refresh",
+                Access::Scope(S::FunctionsManage),
+                "Fetch a skill again; a new version only if its content changed",
+            ),
+            post(skills::refresh),
+        ),
+        (
+            spec(
+                M::GET,
+                "/api/v1/functions/{id}/skills",
+                Access::Scope(S::FunctionsRead),
+                "A function's enabled skills and the knowledge a model would be given",
+            ),
+            get(skills::function_skills),
+        ),
+        (
+            spec(
+                M::PUT,
+                "/api/v1/functions/{id}/skills",
+                Access::Scope(S::FunctionsManage),
+                "Set which skills a function has enabled",
+            ),
+            put(skills::set_function_skills),
         ),
         (
             spec(
