@@ -422,6 +422,13 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
             }
             ("GET", "/api/v1/tasks") => case(path, None, 200, 200),
             ("GET", "/api/v1/approvals") => case(path, None, 200, 200),
+            // An endless stream for a real task: asked of a missing one, it is a 404.
+            ("GET", "/api/v1/tasks/{id}/stream") => case(
+                path.replace("{id}", "0192d0c4-0000-7000-8000-000000000000"),
+                None,
+                404,
+                404,
+            ),
             ("GET", "/api/v1/skills") => case(path, None, 200, 200),
             // Unknown skills and functions: 404 once access is granted; bodies that
             // are refused before any source is asked: 400.

@@ -333,7 +333,115 @@ async fn the_board_rebuilt_from_the_log_equals_the_incremental_one(backend: Test
     assert_eq!(rows, rebuilt);
 }
 
+/// Reads server-sent events until `done` holds for the `(event, data)` pairs so far.
+async fn read_sse(
+    response: &mut reqwest::Response,
+    seen: &mut Vec<(String, Value)>,
+    buffer: &mut String,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(seen) {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no more entries; so far {seen:?}"))
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let event = message.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = message.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(event), Some(data)) = (event, data) {
+                seen.push((event.to_owned(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+}
+
+async fn a_task_streams_its_timeline_live(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let task = create(&api, json!({"title": "Ship the release"})).await;
+    let other = create(&api, json!({"title": "Something else"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let (status, first) = api
+        .post(
+            "/api/v1/comments",
+            &json!({"target": {"kind": "task", "id": id}, "body": "before the stream"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{first}");
+    // The read model shows the comment before the stream opens, so the replay has it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, timeline) = api.get(&format!("/api/v1/tasks/{id}/timeline")).await;
+        if timeline["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{timeline}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut response = api
+        .http
+        .get(format!("{}/api/v1/tasks/{id}/stream", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen = Vec::new();
+    let mut buffer = String::new();
+    read_sse(&mut response, &mut seen, &mut buffer, |s| s.len() == 2).await;
+    assert_eq!(seen[0].1["event_type"], "task.created");
+    assert_eq!(seen[1].0, "comment");
+    assert_eq!(seen[1].1["comment"]["body"], "before the stream");
+
+    // Live: a status change, a new comment and a reaction to it, an edit of the old
+    // one; nothing of the other task.
+    let (status, _) = patch(&api, &id, json!({"status": "in_progress"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .post(
+            "/api/v1/comments",
+            &json!({"target": {"kind": "task", "id": other["id"]}, "body": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, second) = api
+        .post(
+            "/api/v1/comments",
+            &json!({"target": {"kind": "task", "id": id}, "body": "on it"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{second}");
+    let (status, reacted) = api
+        .post(
+            &format!("/api/v1/comments/{}/reactions", second["id"].as_str().unwrap()),
+            &json!({"emoji": "rocket"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reacted}");
+    read_sse(&mut response, &mut seen, &mut buffer, |s| s.len() == 5).await;
+    let live: Vec<&str> = seen[2..]
+        .iter()
+        .map(|(_, entry)| entry["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        live,
+        ["task.status_changed", "comment.posted", "comment.reaction_added"],
+        "{seen:?}"
+    );
+    assert_eq!(seen[3].1["payload"]["body"], "on it");
+    let positions: Vec<u64> = seen
+        .iter()
+        .map(|(_, e)| e["global_position"].as_u64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+}
+
 flowforge_tests::on_both_backends!(
+    a_task_streams_its_timeline_live,
     fifty_concurrent_creates_get_ff_1_to_ff_50,
     status_moves_follow_the_rules_and_refusals_name_both_statuses,
     the_board_filters_searches_and_counts,

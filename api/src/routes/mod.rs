@@ -593,6 +593,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 M::GET,
+                "/api/v1/tasks/{id}/stream",
+                Access::Scope(S::TasksRead),
+                "A task's timeline, live (server-sent events)",
+            ),
+            get(tasks::stream),
+        ),
+        (
+            spec(
+                M::GET,
                 "/api/v1/approvals",
                 Access::Scope(S::TasksRead),
                 "Approvals runs asked for; `status`, `assignee` (`me` or a user id)",

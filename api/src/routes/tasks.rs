@@ -763,27 +763,52 @@ pub async fn timeline(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task_id = resolve(&state, &caller, &id, "id").await?;
-    let (created, changes) = load_events(&state, &caller, task_id).await?;
+    let (entries, _) = timeline_entries(&state, &caller, task_id).await?;
+    Ok(Json(json!({
+        "items": entries.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
+    })))
+}
+
+fn event_entry(e: &StoredEvent) -> Value {
+    json!({
+        "type": "event",
+        "event_type": e.event_type,
+        "global_position": e.global_position,
+        "at": e.recorded_at.to_rfc3339(),
+        "actor": e.metadata.actor,
+        "payload": e.payload_value(),
+    })
+}
+
+/// A change to a comment, as the live timeline delivers it (a deleted comment's body
+/// is in no event after its deletion, and `comment.deleted` carries none).
+fn comment_change_entry(e: &StoredEvent) -> Value {
+    json!({
+        "type": "comment_change",
+        "event_type": e.event_type,
+        "comment_id": e.stream_id.trim_start_matches("comment-"),
+        "global_position": e.global_position,
+        "at": e.recorded_at.to_rfc3339(),
+        "actor": e.metadata.actor,
+        "payload": e.payload_value(),
+    })
+}
+
+/// The task's timeline, in log order, and the ids of the comments on it.
+async fn timeline_entries(
+    state: &AppState,
+    caller: &Caller,
+    task_id: Uuid,
+) -> Result<(Vec<(i64, Value)>, BTreeSet<String>), ApiError> {
+    let (created, changes) = load_events(state, caller, task_id).await?;
     let comments = state
         .platform
-        .reads(&caller)
+        .reads(caller)
         .comments_on("task", &task_id.to_string())
         .await?;
     let mut entries: Vec<(i64, Value)> = std::iter::once(&created)
         .chain(changes.iter())
-        .map(|e| {
-            (
-                i64::try_from(e.global_position).unwrap_or(i64::MAX),
-                json!({
-                    "type": "event",
-                    "event_type": e.event_type,
-                    "global_position": e.global_position,
-                    "at": e.recorded_at.to_rfc3339(),
-                    "actor": e.metadata.actor,
-                    "payload": e.payload_value(),
-                }),
-            )
-        })
+        .map(|e| (i64::try_from(e.global_position).unwrap_or(i64::MAX), event_entry(e)))
         .collect();
     entries.extend(comments.iter().map(|c| {
         (
@@ -796,7 +821,86 @@ pub async fn timeline(
         )
     }));
     entries.sort_by_key(|(position, _)| *position);
-    Ok(Json(json!({
-        "items": entries.into_iter().map(|(_, entry)| entry).collect::<Vec<_>>(),
-    })))
+    let ids = comments.iter().map(|c| c.comment_id.clone()).collect();
+    Ok((entries, ids))
+}
+
+/// `GET /api/v1/tasks/{id}/stream`: the timeline, then each new entry as it is
+/// committed (server-sent events; `id` is the entry's global position). Comments are
+/// followed from their posting on: edits, deletions and reactions arrive as
+/// `comment_change` entries.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let task_id = resolve(&state, &caller, &id, "id").await?;
+    let engine = state.engine()?.clone();
+    // Listen first, then read what exists: nothing committed in between is missed,
+    // and positions already sent are skipped.
+    let mut feed = engine.live.listen();
+    let (existing, mut comment_ids) = timeline_entries(&state, &caller, task_id).await?;
+    let task_stream = format!("task-{task_id}");
+    let task_text = task_id.to_string();
+    let tenant = caller.tenant.as_str().to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(256);
+    tokio::spawn(async move {
+        let sse = |kind: &str, position: u64, entry: &Value| {
+            SseEvent::default()
+                .event(kind)
+                .id(position.to_string())
+                .data(entry.to_string())
+        };
+        let mut sent = 0u64;
+        for (position, entry) in &existing {
+            sent = u64::try_from(*position).unwrap_or(0);
+            let kind = entry["type"].as_str().unwrap_or("event");
+            if tx.send(Ok(sse(kind, sent, entry))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let e = match feed.recv().await {
+                Ok(e) => e,
+                // Fell far behind the log: the client reconnects and reads it again.
+                Err(_) => return,
+            };
+            if e.global_position <= sent || e.tenant_id() != tenant {
+                continue;
+            }
+            let entry = if e.stream_id == task_stream
+                || (e.event_type == "task.created"
+                    && e.payload_value()["task_id"].as_str() == Some(&task_text))
+            {
+                Some(("event", event_entry(&e)))
+            } else if e.stream_type == flowforge_domain::comment::STREAM_TYPE {
+                let comment_id = e.stream_id.trim_start_matches("comment-").to_owned();
+                let payload = e.payload_value();
+                if e.event_type == "comment.posted"
+                    && payload["target"]["kind"] == "task"
+                    && payload["target"]["id"].as_str() == Some(&task_text)
+                {
+                    comment_ids.insert(comment_id);
+                    Some(("comment_change", comment_change_entry(&e)))
+                } else if comment_ids.contains(&comment_id) {
+                    Some(("comment_change", comment_change_entry(&e)))
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            if let Some((kind, entry)) = entry {
+                sent = e.global_position;
+                if tx.send(Ok(sse(kind, sent, &entry))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
