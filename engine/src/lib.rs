@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod signing;
 pub mod skills;
 pub mod space;
+pub mod team_events;
 pub mod timers;
 
 use std::collections::HashMap;

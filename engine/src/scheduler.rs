@@ -47,6 +47,7 @@ use crate::concurrency::{CallId, Need, SlotKey, Slots};
 use crate::metrics::Metrics;
 use crate::queue::Job;
 use crate::space::Space;
+use crate::team_events;
 use crate::timers::Timers;
 use crate::{EngineContext, EngineError, ids, ingest};
 
@@ -316,8 +317,32 @@ impl Scheduler {
                 self.context.registry.apply(&event);
                 self.schedule_crons();
             }
+            flowforge_domain::task::STREAM_TYPE
+            | flowforge_domain::task::BOARD_STREAM_TYPE
+            | flowforge_domain::comment::STREAM_TYPE => self.on_team_event(&event),
             _ => {}
         }
+    }
+
+    /// Team events become events functions can trigger on (see `team_events`).
+    fn on_team_event(&mut self, event: &StoredEvent) {
+        let caused = team_events::caused_by(event);
+        if caused.is_empty() {
+            return;
+        }
+        let context = self.context.clone();
+        let meta = Space::of(event)
+            .stamp(EventMetadata::new(
+                TenantId::new(event.tenant_id()),
+                Actor::system(NAME),
+            ))
+            .with_causation(event.event_id);
+        self.effect(event.global_position, async move {
+            ingest::record(&context, &meta, caused, EventSource::Internal)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
     }
 
     async fn on_run_event(&mut self, event: &StoredEvent) {

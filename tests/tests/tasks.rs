@@ -417,7 +417,10 @@ async fn a_task_streams_its_timeline_live(backend: TestBackend) {
     assert_eq!(status, 201, "{second}");
     let (status, reacted) = api
         .post(
-            &format!("/api/v1/comments/{}/reactions", second["id"].as_str().unwrap()),
+            &format!(
+                "/api/v1/comments/{}/reactions",
+                second["id"].as_str().unwrap()
+            ),
             &json!({"emoji": "rocket"}),
         )
         .await;
@@ -429,7 +432,11 @@ async fn a_task_streams_its_timeline_live(backend: TestBackend) {
         .collect();
     assert_eq!(
         live,
-        ["task.status_changed", "comment.posted", "comment.reaction_added"],
+        [
+            "task.status_changed",
+            "comment.posted",
+            "comment.reaction_added"
+        ],
         "{seen:?}"
     );
     assert_eq!(seen[3].1["payload"]["body"], "on it");

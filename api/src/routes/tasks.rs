@@ -808,7 +808,12 @@ async fn timeline_entries(
         .await?;
     let mut entries: Vec<(i64, Value)> = std::iter::once(&created)
         .chain(changes.iter())
-        .map(|e| (i64::try_from(e.global_position).unwrap_or(i64::MAX), event_entry(e)))
+        .map(|e| {
+            (
+                i64::try_from(e.global_position).unwrap_or(i64::MAX),
+                event_entry(e),
+            )
+        })
         .collect();
     entries.extend(comments.iter().map(|c| {
         (
