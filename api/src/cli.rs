@@ -404,6 +404,9 @@ enum BenchCommand {
     Store(crate::bench::store::StoreBenchArgs),
     /// Durable runs end to end (the peers' 3-step workload), per backend.
     Runs(crate::bench::runs::RunsBenchArgs),
+    /// The task board and comments at scale: board queries, `as_of` on a long
+    /// history, projection rebuild rates.
+    Team(crate::bench::team::TeamBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -552,6 +555,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Store(args) => crate::bench::store::run(args).await,
             BenchCommand::Runs(args) => crate::bench::runs::run(args).await,
+            BenchCommand::Team(args) => crate::bench::team::run(args).await,
         },
     }
 }

@@ -3,3 +3,4 @@
 
 pub mod runs;
 pub mod store;
+pub mod team;

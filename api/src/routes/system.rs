@@ -42,21 +42,37 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Err(_) => (false, Vec::new(), Some("timed out".to_owned())),
     };
     let max_lag = platform.config.ready_max_lag;
-    let projection_checks: Vec<_> = projections
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "checkpoint": p.checkpoint,
-                "lag": p.lag,
-                "ok": p.checkpoint.is_some() && p.lag <= max_lag,
-            })
-        })
-        .collect();
-    let projections_ok = read_ok
-        && projections
-            .iter()
-            .all(|p| p.checkpoint.is_some() && p.lag <= max_lag);
+    // A projection's checkpoint moves when it applies events; one that matches none of
+    // the newest events stays behind the head while having nothing to do. Behind by
+    // more than allowed, it is asked whether anything it reads is pending.
+    let mut projection_checks = Vec::new();
+    let mut projections_ok = read_ok;
+    for p in &projections {
+        let mut pending = p.lag;
+        if let Some(checkpoint) = p.checkpoint
+            && p.lag > max_lag
+            && let Some(projection) = platform.projections.iter().find(|x| x.name() == p.name)
+        {
+            let next = tokio::time::timeout(
+                timeout,
+                platform.store.read_all(checkpoint, 1, &projection.filter()),
+            )
+            .await;
+            if let Ok(Ok(page)) = next
+                && page.events.is_empty()
+            {
+                pending = 0;
+            }
+        }
+        let ok = p.checkpoint.is_some() && pending <= max_lag;
+        projections_ok &= ok;
+        projection_checks.push(json!({
+            "name": p.name,
+            "checkpoint": p.checkpoint,
+            "lag": p.lag,
+            "ok": ok,
+        }));
+    }
     let nats = platform.jetstream.as_ref().map(|q| q.is_connected());
     let is_ready = log_ok && read_ok && projections_ok && nats != Some(false);
     let body = json!({
