@@ -171,7 +171,7 @@ async fn seed_tasks(store: &Arc<dyn EventStore>, count: u64) -> anyhow::Result<V
                 },
                 status: TaskStatus::Todo,
                 parent: None,
-                assignee: (n % 3 != 0).then(|| Assignee::User(users[n % users.len()])),
+                assignee: (!n.is_multiple_of(3)).then(|| Assignee::User(users[n % users.len()])),
                 at: now,
             });
             batch.push(NewEvent::from_domain(&event, metadata()).with_id(task_id));
