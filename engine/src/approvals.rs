@@ -218,16 +218,3 @@ where
     }
     Err("gave up on an approval after repeated failures".into())
 }
-
-/// Reads an approval as it stands in the log (the read model may lag).
-pub async fn load(
-    context: &EngineContext,
-    approval_id: Uuid,
-) -> Result<Option<ApprovalState>, ApprovalDecideError> {
-    context
-        .commands
-        .load::<Approval>(&approval::stream_id(approval_id))
-        .await
-        .map(|loaded| loaded.state)
-        .map_err(command_error)
-}

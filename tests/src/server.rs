@@ -334,3 +334,33 @@ impl Drop for SdkApp {
         self.handle.abort();
     }
 }
+
+/// A user of the default tenant with `role`, created by `admin` and signed in with
+/// `password`: their id and a client carrying their access token.
+pub async fn signed_in_user(
+    base: &str,
+    admin: &Api,
+    name: &str,
+    role: &str,
+    password: &str,
+) -> (String, Api) {
+    let email = format!("{name}@acme.test");
+    let (status, created) = admin
+        .post(
+            "/api/v1/users",
+            &serde_json::json!({"email": email, "name": name, "role": role, "password": password}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, login) = Api::new(base)
+        .post(
+            "/api/v1/auth/login",
+            &serde_json::json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    (
+        created["id"].as_str().expect("a user id").to_owned(),
+        Api::with_bearer(base, login["access_token"].as_str().map(str::to_owned)),
+    )
+}

@@ -12,7 +12,7 @@ use flowforge_api::auth::token::TokenKeys;
 use flowforge_api::auth::{AuthConfig, AuthMode};
 use flowforge_sdk::{App, ApprovalRequest, Function};
 use flowforge_tests::backend::TestBackend;
-use flowforge_tests::server::{Api, SdkApp, TestServer, config_for};
+use flowforge_tests::server::{Api, SdkApp, TestServer, config_for, signed_in_user};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"approval-tests-token-secret-0123456789ab";
@@ -52,27 +52,8 @@ fn app(server_url: String, serve_url: String) -> App {
     )
 }
 
-/// A user of the default tenant with `role`, signed in: (their id, their client).
 async fn user(base: &str, admin: &Api, name: &str, role: &str) -> (String, Api) {
-    let email = format!("{name}@acme.test");
-    let (status, created) = admin
-        .post(
-            "/api/v1/users",
-            &json!({"email": email, "name": name, "role": role, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let (status, login) = Api::new(base)
-        .post(
-            "/api/v1/auth/login",
-            &json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        Api::with_bearer(base, login["access_token"].as_str().map(str::to_owned)),
-    )
+    signed_in_user(base, admin, name, role, PASSWORD).await
 }
 
 async fn pending_approval_of(api: &Api, run_id: &str) -> Value {

@@ -11,33 +11,14 @@ use flowforge_api::auth::token::TokenKeys;
 use flowforge_api::auth::{AuthConfig, AuthMode};
 use flowforge_projections::ReadDb;
 use flowforge_tests::backend::TestBackend;
-use flowforge_tests::server::{Api, TestServer, config_for};
+use flowforge_tests::server::{Api, TestServer, config_for, signed_in_user};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"notification-tests-token-secret-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A member of the default tenant, signed in: (their id, their client).
 async fn member(base: &str, admin: &Api, name: &str) -> (String, Api) {
-    let email = format!("{name}@acme.test");
-    let (status, user) = admin
-        .post(
-            "/api/v1/users",
-            &json!({"email": email, "name": name, "role": "member", "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 201, "{user}");
-    let (status, login) = Api::new(base)
-        .post(
-            "/api/v1/auth/login",
-            &json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    (
-        user["id"].as_str().unwrap().to_owned(),
-        Api::with_bearer(base, login["access_token"].as_str().map(str::to_owned)),
-    )
+    signed_in_user(base, admin, name, "member", PASSWORD).await
 }
 
 async fn inbox(api: &Api, query: &str, count: usize) -> Value {

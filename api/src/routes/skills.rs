@@ -545,14 +545,7 @@ pub async fn set_function_skills(
         .ok_or_else(|| ApiError::invalid_field("skills", "required: a list of skill names"))?
         .into_iter()
         .collect();
-    if state
-        .engine()?
-        .registry
-        .current(&caller.space(), &function_id)
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("no function `{function_id}`")));
-    }
+    require_function(&state, &caller, &function_id)?;
     for name in &skills {
         skill::validate_name("skills", name).map_err(|e| skill_error(e, Origin::Client))?;
         if load(&state, &caller, name).await.is_err() {
@@ -578,6 +571,17 @@ pub async fn set_function_skills(
     function_skills_answer(&state, &caller, &function_id, skills).await
 }
 
+fn require_function(state: &AppState, caller: &Caller, function_id: &str) -> Result<(), ApiError> {
+    match state
+        .engine()?
+        .registry
+        .current(&caller.space(), function_id)
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no function `{function_id}`"))),
+    }
+}
+
 /// `GET /api/v1/functions/{id}/skills`: the enabled skills and the knowledge a model
 /// step would be given now, with the versions it comes from.
 pub async fn function_skills(
@@ -585,14 +589,7 @@ pub async fn function_skills(
     caller: Caller,
     Path(function_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if state
-        .engine()?
-        .registry
-        .current(&caller.space(), &function_id)
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("no function `{function_id}`")));
-    }
+    require_function(&state, &caller, &function_id)?;
     let loaded = state
         .commands
         .load::<FunctionSkills>(&skill::function_skills_stream_id(
