@@ -443,6 +443,33 @@ async fn read_all_pages_in_order_and_filters(backend: Backend) {
     // A filtered page still reports how far it looked, so readers skip what did not match.
     let head = store.head_position().await.unwrap();
     assert_eq!(ones_and_threes.scanned_to, head);
+    // Paged by type: pages merge the types in log order and stop at the page size.
+    let mut after = start;
+    let mut paged = Vec::new();
+    loop {
+        let page = store
+            .read_all(
+                after,
+                2,
+                &LogFilter::all().event_types(["x.three", "x.one"]),
+            )
+            .await
+            .unwrap();
+        assert!(page.events.len() <= 2);
+        if page.events.is_empty() && page.scanned_to <= after {
+            break;
+        }
+        paged.extend(
+            page.events
+                .iter()
+                .map(|e| e.payload_value()["n"].as_i64().unwrap()),
+        );
+        after = page.scanned_to;
+        if after >= head {
+            break;
+        }
+    }
+    assert_eq!(paged, vec![1, 3, 4]);
 
     let both = store
         .read_all(
