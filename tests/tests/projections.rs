@@ -412,4 +412,34 @@ flowforge_tests::on_both_backends!(
     runners_initialising_at_once_create_one_generation,
     readers_see_the_old_model_until_the_swap,
     status_reports_checkpoint_head_and_lag,
+    ready_counts_only_events_a_read_model_still_has_to_apply,
 );
+
+/// `/ready` with no lag allowed: read models that read none of the newest events
+/// (approvals, skills, tasks … after a burst of incoming events) have nothing pending,
+/// so the server is ready although their checkpoints are behind the head.
+async fn ready_counts_only_events_a_read_model_still_has_to_apply(backend: TestBackend) {
+    let mut config = flowforge_tests::server::config_for(&backend);
+    config.ready_max_lag = 0;
+    let server = flowforge_tests::server::TestServer::start_with(config).await;
+    let api = flowforge_tests::server::Api::new(server.url.clone());
+    for n in 0..20 {
+        api.send("orders/placed", serde_json::json!({"n": n})).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = api.get("/ready").await;
+        if status == 200 {
+            assert_eq!(body["ready"], true, "{body}");
+            let each = body["checks"]["projections"]["each"].as_array().unwrap();
+            let approvals = each.iter().find(|p| p["name"] == "approvals").unwrap();
+            assert_eq!(approvals["ok"], true, "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready with nothing pending: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
