@@ -112,7 +112,10 @@ pub fn requests_in(answer: &[u8]) -> Result<Vec<AiRequest>, String> {
 /// Makes the request and turns the provider's answer into the step's outcome.
 pub async fn infer(http: &reqwest::Client, request: &AiRequest, timeout: Duration) -> Op {
     let span = tracing::debug_span!("ai_gateway.infer", step_id = %request.step_id, format = %request.format);
-    let _guard = span.enter();
+    tracing::Instrument::instrument(infer_in_span(http, request, timeout), span).await
+}
+
+async fn infer_in_span(http: &reqwest::Client, request: &AiRequest, timeout: Duration) -> Op {
     let failed = |name: &str, message: String, retriable: bool| Op::StepError {
         id: request.step_id.clone(),
         name: request.name.clone(),

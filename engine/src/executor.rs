@@ -7,6 +7,7 @@ use chrono::Utc;
 use flowforge_commands::{CommandError, Loaded};
 use flowforge_domain::run::{CallOutcome, Run, RunCommand, RunError, RunState, StepError};
 use flowforge_domain::{Actor, EventMetadata, TenantId};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::EngineContext;
@@ -126,8 +127,17 @@ pub async fn execute(
     context: &EngineContext,
     job: &Job,
 ) -> Result<Option<(Job, Loaded<RunState>)>, NotNow> {
+    // `instrument`, not `span.enter()`: a guard held across an await leaves the span
+    // entered on whatever task the thread polls next, and tracing-subscriber panics
+    // when such a span closes (it killed the shared log tail under debug logging).
     let span = tracing::debug_span!("executor.call", run_id = %job.run_id, target = ?job.target, token = job.token);
-    let _guard = span.enter();
+    execute_call(context, job).instrument(span).await
+}
+
+async fn execute_call(
+    context: &EngineContext,
+    job: &Job,
+) -> Result<Option<(Job, Loaded<RunState>)>, NotNow> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let load = || async {
         context.commands.load::<Run>(&stream).await.map_err(|error| {

@@ -98,10 +98,18 @@ pub async fn rebuild(
     store: &Arc<dyn EventStore>,
     projection: &Arc<dyn Projection>,
 ) -> Result<RebuildReport, ProjectionError> {
+    // `instrument`, not `span.enter()`, which must not be held across an await.
+    let span = tracing::info_span!("projection.rebuild", projection = projection.name());
+    tracing::Instrument::instrument(rebuild_in_span(db, store, projection), span).await
+}
+
+async fn rebuild_in_span(
+    db: &ReadDb,
+    store: &Arc<dyn EventStore>,
+    projection: &Arc<dyn Projection>,
+) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let name = projection.name();
-    let span = tracing::info_span!("projection.rebuild", projection = name);
-    let _guard = span.enter();
 
     // 1. A fresh generation, replacing any abandoned build.
     let mut tx = db.begin_write().await?;

@@ -153,9 +153,13 @@ impl ProjectionRunner {
                 events = events.len(),
                 position
             );
-            let _guard = span.enter();
             let small = events.len() < self.batch_size / 4;
-            match self.commit_batch(&active, &events, position).await? {
+            let committed = tracing::Instrument::instrument(
+                self.commit_batch(&active, &events, position),
+                span,
+            )
+            .await?;
+            match committed {
                 BatchOutcome::Committed => {
                     active.events_applied += events.len() as u64;
                     active.position = position;
