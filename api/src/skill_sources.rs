@@ -109,6 +109,9 @@ impl Location {
     }
 }
 
+/// Fetches skills from the marketplace and from sites. Built once per process (its
+/// HTTP client keeps a connection pool); cloning shares it.
+#[derive(Clone)]
 pub struct Fetcher {
     http: reqwest::Client,
     marketplace: String,

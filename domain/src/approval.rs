@@ -117,6 +117,19 @@ impl ApprovalEvent {
         "approval.timed_out",
     ];
 
+    /// The approval's status once this event has happened (read models use it too, so
+    /// the rule lives here once).
+    pub fn status_after(&self) -> ApprovalStatus {
+        match self {
+            ApprovalEvent::Requested { .. } => ApprovalStatus::Pending,
+            ApprovalEvent::Decided { approved: true, .. } => ApprovalStatus::Approved,
+            ApprovalEvent::Decided {
+                approved: false, ..
+            } => ApprovalStatus::Rejected,
+            ApprovalEvent::TimedOut { .. } => ApprovalStatus::TimedOut,
+        }
+    }
+
     pub fn approval_id(&self) -> Uuid {
         match self {
             ApprovalEvent::Requested { approval_id, .. }
@@ -232,7 +245,7 @@ impl Decider for Approval {
                 approval_id: *approval_id,
                 ask: ask.clone(),
                 origin: origin.clone(),
-                status: ApprovalStatus::Pending,
+                status: event.status_after(),
                 expires_at: *expires_at,
                 requested_at: *at,
                 decision: None,
@@ -244,11 +257,7 @@ impl Decider for Approval {
                 at,
                 ..
             } => state.map(|mut s| {
-                s.status = if *approved {
-                    ApprovalStatus::Approved
-                } else {
-                    ApprovalStatus::Rejected
-                };
+                s.status = event.status_after();
                 s.decision = Some(ApprovalDecision {
                     approved: *approved,
                     by: by.clone(),
@@ -258,7 +267,7 @@ impl Decider for Approval {
                 s
             }),
             ApprovalEvent::TimedOut { .. } => state.map(|mut s| {
-                s.status = ApprovalStatus::TimedOut;
+                s.status = event.status_after();
                 s
             }),
         }

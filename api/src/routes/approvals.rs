@@ -4,9 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::DateTime;
-use flowforge_domain::Decider;
 use flowforge_domain::approval::{
-    self, Approval, ApprovalError, ApprovalEvent, ApprovalState, ApprovalStatus, MAX_COMMENT,
+    self, Approval, ApprovalError, ApprovalState, ApprovalStatus, MAX_COMMENT,
 };
 use flowforge_engine::approvals::{self, ApprovalDecideError};
 use flowforge_projections::approvals::ApprovalRow;
@@ -127,23 +126,10 @@ fn approval_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// The approval as the log has it, if it is the caller's tenant's.
 async fn found(state: &AppState, caller: &Caller, id: Uuid) -> Result<ApprovalState, ApiError> {
-    let events = state
-        .platform
-        .store
-        .read_stream(&approval::stream_id(id), 1)
-        .await?;
-    if events
-        .first()
-        .is_none_or(|first| first.tenant_id() != caller.tenant.as_str())
-    {
-        return Err(ApiError::not_found("approval"));
-    }
-    let decoded = events
-        .iter()
-        .map(|e| e.decode::<ApprovalEvent>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
-    Approval::fold(decoded.iter()).ok_or_else(|| ApiError::not_found("approval"))
+    super::fold_in_tenant::<Approval>(state, caller, &approval::stream_id(id))
+        .await?
+        .flatten()
+        .ok_or_else(|| ApiError::not_found("approval"))
 }
 
 /// `GET /api/v1/approvals/{id}`: from the log, so it is current the moment it changed.

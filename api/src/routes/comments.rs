@@ -184,25 +184,12 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(Uuid, Comm
     let comment_id: Uuid = id
         .parse()
         .map_err(|_| ApiError::invalid_field("id", format!("`{id}` is not a comment id")))?;
-    let stream = comment::stream_id(comment_id);
-    let events = state.platform.store.read_stream(&stream, 1).await?;
-    if events
-        .first()
-        .is_none_or(|e| e.tenant_id() != caller.tenant())
-    {
-        return Err(ApiError::not_found(format!("no comment `{id}`")));
-    }
-    let mut comment = None;
-    for stored in &events {
-        comment = <CommentThread as flowforge_domain::Decider>::evolve(
-            comment,
-            &stored.decode().map_err(ApiError::internal)?,
-        );
-    }
-    Ok((
-        comment_id,
-        comment.ok_or_else(|| ApiError::not_found(format!("no comment `{id}`")))?,
-    ))
+    let comment =
+        super::fold_in_tenant::<CommentThread>(state, caller, &comment::stream_id(comment_id))
+            .await?
+            .flatten()
+            .ok_or_else(|| ApiError::not_found(format!("no comment `{id}`")))?;
+    Ok((comment_id, comment))
 }
 
 fn moderator(caller: &Caller) -> bool {

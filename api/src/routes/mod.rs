@@ -51,11 +51,14 @@ pub struct AppState {
             >,
         >,
     >,
+    /// The skills marketplace and well-known sites, with the configured timeouts.
+    pub skill_sources: crate::skill_sources::Fetcher,
 }
 
 impl AppState {
     pub fn new(platform: Platform) -> Self {
         Self {
+            skill_sources: crate::skill_sources::Fetcher::new(&platform.config.skills),
             commands: CommandHandler::new(platform.store.clone()),
             platform: Arc::new(platform),
             gql: gql::schema(),
@@ -75,6 +78,32 @@ impl AppState {
             ApiError::unavailable("the execution engine is not running in this process")
         })
     }
+}
+
+/// The aggregate in `stream` folded from the log, when the stream exists and is the
+/// caller's tenant's. Another tenant's stream answers `None`, like a missing one, so a
+/// caller cannot learn which ids exist elsewhere.
+pub(crate) async fn fold_in_tenant<D>(
+    state: &AppState,
+    caller: &Caller,
+    stream: &str,
+) -> Result<Option<D::State>, ApiError>
+where
+    D: flowforge_domain::Decider,
+    D::Event: flowforge_domain::DomainEvent,
+{
+    let events = state.platform.store.read_stream(stream, 1).await?;
+    if events
+        .first()
+        .is_none_or(|first| first.tenant_id() != caller.tenant())
+    {
+        return Ok(None);
+    }
+    let mut folded = D::initial();
+    for stored in &events {
+        folded = D::evolve(folded, &stored.decode().map_err(ApiError::internal)?);
+    }
+    Ok(Some(folded))
 }
 
 /// What a route asks of its caller.

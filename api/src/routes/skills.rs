@@ -22,7 +22,7 @@ use super::AppState;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::reads::SkillListing;
-use crate::skill_sources::{Fetcher, Location, SourceError};
+use crate::skill_sources::{Location, SourceError};
 
 /// Where a refused skill came from decides the answer: a client's own upload is a
 /// 400, a source's content a 422 (the request was fine; what it points at is not).
@@ -83,24 +83,9 @@ fn skill_id_of(caller: &Caller, id: &str) -> Uuid {
 /// The skill as the log has it, if it is the caller's tenant's.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Skill, ApiError> {
     let skill_id = skill_id_of(caller, id);
-    let events = state
-        .platform
-        .store
-        .read_stream(&skill::stream_id(skill_id), 1)
-        .await?;
-    if events
-        .first()
-        .is_none_or(|first| first.tenant_id() != caller.tenant.as_str())
-    {
-        return Err(ApiError::not_found("skill"));
-    }
-    let decoded = events
-        .iter()
-        .map(|e| e.decode::<skill::SkillEvent>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
-    use flowforge_domain::Decider;
-    SkillDecider::fold(decoded.iter())
+    super::fold_in_tenant::<SkillDecider>(state, caller, &skill::stream_id(skill_id))
+        .await?
+        .flatten()
         .filter(|s| !s.deleted)
         .ok_or_else(|| ApiError::not_found("skill"))
 }
@@ -425,7 +410,8 @@ pub async fn search(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid_field("limit", "from 1 to 100"));
     }
-    let found = Fetcher::new(&state.platform.config.skills)
+    let found = state
+        .skill_sources
         .search(&q, limit, query.owner.as_deref())
         .await
         .map_err(source_error)?;
@@ -449,7 +435,8 @@ pub async fn preview(
     Query(query): Query<Preview>,
 ) -> Result<Json<Value>, ApiError> {
     let location = location(query.source.as_deref())?;
-    let files = Fetcher::new(&state.platform.config.skills)
+    let files = state
+        .skill_sources
         .folder(&location)
         .await
         .map_err(source_error)?;
@@ -473,7 +460,8 @@ async fn import_from(
     caller: &Caller,
     location: &Location,
 ) -> Result<(Skill, bool), ApiError> {
-    let files = Fetcher::new(&state.platform.config.skills)
+    let files = state
+        .skill_sources
         .folder(location)
         .await
         .map_err(source_error)?;

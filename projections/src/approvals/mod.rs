@@ -1,6 +1,6 @@
 //! `approvals`: one row per approval a run asked for, for the approvals inbox.
 
-use flowforge_domain::approval::{ApprovalEvent, ApprovalStatus};
+use flowforge_domain::approval::ApprovalEvent;
 use flowforge_store::{LogFilter, StoredEvent};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -117,6 +117,7 @@ impl DocumentProjection for ApprovalsProjection {
         let decoded: ApprovalEvent = event
             .decode()
             .map_err(|e| ProjectionError::event(event, e))?;
+        let status = decoded.status_after();
         let mut row = match (current, decoded) {
             (
                 None,
@@ -136,7 +137,7 @@ impl DocumentProjection for ApprovalsProjection {
                 title: ask.title,
                 description: ask.description,
                 assignees: serde_json::to_string(&ask.assignees).unwrap_or_else(|_| "[]".into()),
-                status: ApprovalStatus::Pending.as_str().into(),
+                status: status.as_str().into(),
                 decided_by: None,
                 comment: None,
                 requested_at: at.timestamp_millis(),
@@ -154,27 +155,17 @@ impl DocumentProjection for ApprovalsProjection {
             (
                 Some(mut row),
                 ApprovalEvent::Decided {
-                    approved,
-                    by,
-                    comment,
-                    at,
-                    ..
+                    by, comment, at, ..
                 },
             ) => {
-                row.status = if approved {
-                    ApprovalStatus::Approved
-                } else {
-                    ApprovalStatus::Rejected
-                }
-                .as_str()
-                .into();
+                row.status = status.as_str().into();
                 row.decided_by = Some(by);
                 row.comment = comment;
                 row.decided_at = Some(at.timestamp_millis());
                 row
             }
             (Some(mut row), ApprovalEvent::TimedOut { at, .. }) => {
-                row.status = ApprovalStatus::TimedOut.as_str().into();
+                row.status = status.as_str().into();
                 row.decided_at = Some(at.timestamp_millis());
                 row
             }
