@@ -82,7 +82,7 @@ impl LogTail {
         // Outside a runtime there is nobody to follow the log: the window stays empty
         // and every subscriber reads the store, as without a tail.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(follow(Arc::downgrade(&tail), open));
+            runtime.spawn(supervise(Arc::downgrade(&tail), Arc::new(open)));
         }
         tail
     }
@@ -174,14 +174,43 @@ where
     .clone()
 }
 
+/// Runs the follower, and runs it again if it panics. Without this, one panic (a bug
+/// in a decoder, an upcaster, a tracing layer) would leave every caught-up subscriber
+/// waiting on a window that no longer moves, seeing new events only on its fallback
+/// poll, with nothing in the logs but the panic.
+async fn supervise<F>(tail: Weak<LogTail>, open: Arc<F>)
+where
+    F: Fn() -> Option<Arc<dyn EventStore>> + Send + Sync + 'static,
+{
+    loop {
+        let open = open.clone();
+        let follower = tokio::spawn(follow(tail.clone(), move || open()));
+        match follower.await {
+            Err(error) if error.is_panic() => {
+                tracing::error!("log tail: the follower panicked; restarting it");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // It returned (its store or every subscriber is gone) or the runtime is
+            // shutting down.
+            _ => return,
+        }
+    }
+}
+
 async fn follow<F>(tail: Weak<LogTail>, open: F)
 where
     F: Fn() -> Option<Arc<dyn EventStore>>,
 {
     let mut backoff = Duration::from_millis(50);
+    // A restarted follower goes on from the window's end: the window still holds every
+    // event up to it.
+    let known = |tail: &Weak<LogTail>| {
+        tail.upgrade()
+            .is_some_and(|t| t.window.read().unwrap_or_else(|p| p.into_inner()).end != u64::MAX)
+    };
     // Only the safe head: an event below it that was still in flight would otherwise be
     // missing from the window for good.
-    loop {
+    while !known(&tail) {
         let Some(store) = open() else { return };
         match store.head_position().await {
             Ok(head) => {
@@ -326,5 +355,75 @@ mod tests {
         // Already-seen positions are not added twice.
         tail.extend(vec![event(last, "a")], last);
         assert_eq!(tail.window.read().unwrap().events.len(), WINDOW_EVENTS);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_panics_is_restarted_and_goes_on_serving() {
+        use crate::sqlite::{SqliteConfig, SqliteEventStore};
+        use crate::{ExpectedVersion, NewEvent, Upcasters};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let path = std::env::temp_dir().join(format!(
+            "flowforge-tail-{}.sqlite",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = Arc::new(
+            SqliteEventStore::open(&SqliteConfig::new(&path), Upcasters::default())
+                .await
+                .unwrap(),
+        );
+        let turns = Arc::new(AtomicUsize::new(0));
+        let tail = LogTail::start({
+            let (store, turns) = (store.clone(), turns.clone());
+            move || {
+                // The third turn is inside the follow loop, after the head is known.
+                if turns.fetch_add(1, Ordering::SeqCst) == 2 {
+                    panic!("a follower bug");
+                }
+                Some(store.clone() as Arc<dyn EventStore>)
+            }
+        });
+        let meta = EventMetadata::new(TenantId::new("t"), Actor::system("test"));
+        let mut seen = Vec::new();
+        for n in 1..=3u64 {
+            store
+                .append(
+                    &format!("s-{n}"),
+                    "test",
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::new(
+                        "test.happened",
+                        serde_json::json!({}),
+                        meta.clone(),
+                    )],
+                )
+                .await
+                .unwrap();
+            // Well under the subscribers' fallback poll (500 ms) per event: served by
+            // a live follower, not by the store.
+            let deadline = std::time::Instant::now() + Duration::from_millis(2_000);
+            loop {
+                if let TailRead::Events { events, .. } =
+                    tail.read_after(n - 1, 10, &LogFilter::all())
+                    && !events.is_empty()
+                {
+                    seen.extend(events.iter().map(|e| e.global_position));
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "event {n} never reached the window"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert!(
+            turns.load(Ordering::SeqCst) > 3,
+            "the follower ran again after its panic"
+        );
+        drop(tail);
+        drop(store);
+        let _ = std::fs::remove_file(&path);
     }
 }
