@@ -455,3 +455,99 @@ flowforge_tests::on_both_backends!(
     history_names_the_actors_and_as_of_shows_the_task_as_it_was,
     the_board_rebuilt_from_the_log_equals_the_incremental_one,
 );
+
+/// A comment the comments read model has not reached yet still reaches a stream opened
+/// after it was posted: the stream follows the log from where the read model was.
+/// PostgreSQL only: the test holds the comments projection's checkpoint row, so the
+/// projection cannot commit while the stream opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_comment_the_read_model_has_not_reached_still_streams() {
+    use sqlx::{Connection, Executor};
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let url = backend.database_url().unwrap().to_owned();
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let task = create(&api, json!({"title": "A lagging read model"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let comment = |body: &'static str| {
+        let api = api.clone();
+        let id = id.clone();
+        async move {
+            let (status, posted) = api
+                .post(
+                    "/api/v1/comments",
+                    &json!({"target": {"kind": "task", "id": id}, "body": body}),
+                )
+                .await;
+            assert_eq!(status, 201, "{posted}");
+        }
+    };
+    let timeline_len = || {
+        let api = api.clone();
+        let id = id.clone();
+        async move {
+            let (_, timeline) = api.get(&format!("/api/v1/tasks/{id}/timeline")).await;
+            timeline["items"].as_array().unwrap().len()
+        }
+    };
+    comment("projected").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while timeline_len().await != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    conn.execute("BEGIN").await.unwrap();
+    conn.execute(
+        "SELECT position FROM projection_checkpoints \
+         WHERE name = 'comments' AND state = 'active' FOR UPDATE",
+    )
+    .await
+    .unwrap();
+    comment("while the read model waits").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(timeline_len().await, 2, "the read model was held back");
+
+    let mut response = api
+        .http
+        .get(format!("{}/api/v1/tasks/{id}/stream", api.base))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = String::new();
+    read_sse(&mut response, &mut seen, &mut buffer, |s| s.len() == 3).await;
+    assert_eq!(seen[0].1["event_type"], "task.created", "{seen:?}");
+    assert_eq!(seen[1].1["comment"]["body"], "projected", "{seen:?}");
+    assert_eq!(seen[2].0, "comment_change", "{seen:?}");
+    assert_eq!(seen[2].1["event_type"], "comment.posted", "{seen:?}");
+    assert_eq!(
+        seen[2].1["payload"]["body"], "while the read model waits",
+        "{seen:?}"
+    );
+
+    // The read model catches up; the stream sends the next comment, and nothing twice.
+    conn.execute("ROLLBACK").await.unwrap();
+    comment("after").await;
+    read_sse(&mut response, &mut seen, &mut buffer, |s| s.len() == 4).await;
+    assert_eq!(seen[3].1["payload"]["body"], "after", "{seen:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while timeline_len().await != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read model never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), response.chunk()).await;
+    assert!(
+        extra.is_err()
+            || !String::from_utf8_lossy(&extra.unwrap().unwrap().unwrap_or_default())
+                .contains("data:"),
+        "nothing more is sent"
+    );
+    server.stop().await;
+}

@@ -834,21 +834,47 @@ async fn timeline_entries(
 /// committed (server-sent events; `id` is the entry's global position). Comments are
 /// followed from their posting on: edits, deletions and reactions arrive as
 /// `comment_change` entries.
+///
+/// The task's own events come from the log, its comments from the read model, which
+/// may lag the log. So the stream notes how far the comments read model had got
+/// *before* reading it, and follows the log from there: a comment committed but not
+/// yet projected still arrives (as a `comment_change` of its posting), and nothing
+/// already sent is sent again. A change the read model had already folded into a
+/// replayed comment may arrive once more as a `comment_change`; applying it twice
+/// leaves the same comment.
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use flowforge_projections::document::DocumentProjection;
+    use flowforge_projections::{checkpoint, comments::CommentsProjection};
     let task_id = resolve(&state, &caller, &id, "id").await?;
-    let engine = state.engine()?.clone();
-    // Listen first, then read what exists: nothing committed in between is missed,
-    // and positions already sent are skipped.
-    let mut feed = engine.live.listen();
+    let projected = checkpoint::active(state.platform.operations_db(), CommentsProjection::NAME)
+        .await?
+        .map_or(0, |c| c.position);
     let (existing, mut comment_ids) = timeline_entries(&state, &caller, task_id).await?;
+    let mut replayed: std::collections::HashSet<u64> = existing
+        .iter()
+        .map(|(position, _)| u64::try_from(*position).unwrap_or(0))
+        .collect();
     let task_stream = format!("task-{task_id}");
     let task_text = task_id.to_string();
-    let tenant = caller.tenant.as_str().to_owned();
+    // Only the types the timeline shows: when comments are rare the checkpoint can be
+    // far behind the head, and the catch-up read then skips everything else.
+    let types = ["task.created"]
+        .iter()
+        .chain(flowforge_domain::task::TaskEvent::TYPES)
+        .chain(flowforge_domain::comment::CommentEvent::TYPES)
+        .copied();
+    let mut log = flowforge_store::subscribe(
+        state.platform.store.clone(),
+        projected,
+        flowforge_store::LogFilter::all()
+            .tenant(caller.tenant.as_str())
+            .event_types(types),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(256);
     tokio::spawn(async move {
         let sse = |kind: &str, position: u64, entry: &Value| {
@@ -857,21 +883,21 @@ pub async fn stream(
                 .id(position.to_string())
                 .data(entry.to_string())
         };
-        let mut sent = 0u64;
         for (position, entry) in &existing {
-            sent = u64::try_from(*position).unwrap_or(0);
             let kind = entry["type"].as_str().unwrap_or("event");
-            if tx.send(Ok(sse(kind, sent, entry))).await.is_err() {
+            let position = u64::try_from(*position).unwrap_or(0);
+            if tx.send(Ok(sse(kind, position, entry))).await.is_err() {
                 return;
             }
         }
+        let last_replayed = replayed.iter().copied().max().unwrap_or(0);
         loop {
-            let e = match feed.recv().await {
+            let e = match log.next().await {
                 Ok(e) => e,
-                // Fell far behind the log: the client reconnects and reads it again.
+                // The client reconnects and reads the timeline again.
                 Err(_) => return,
             };
-            if e.global_position <= sent || e.tenant_id() != tenant {
+            if e.global_position <= last_replayed && replayed.remove(&e.global_position) {
                 continue;
             }
             let entry = if e.stream_id == task_stream
@@ -896,11 +922,13 @@ pub async fn stream(
             } else {
                 None
             };
-            if let Some((kind, entry)) = entry {
-                sent = e.global_position;
-                if tx.send(Ok(sse(kind, sent, &entry))).await.is_err() {
-                    return;
-                }
+            if let Some((kind, entry)) = entry
+                && tx
+                    .send(Ok(sse(kind, e.global_position, &entry)))
+                    .await
+                    .is_err()
+            {
+                return;
             }
         }
     });
