@@ -20,6 +20,7 @@ pub mod event;
 pub mod flow_control;
 pub mod metadata;
 pub mod notification;
+pub mod ownership;
 pub mod run;
 pub mod signing_key;
 pub mod skill;

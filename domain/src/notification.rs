@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 use crate::decider::{Decider, DomainEvent};
 
 pub const STREAM_TYPE: &str = "inbox";
+/// What a notification can be about (its `kind`).
+pub const KINDS: &[&str] = &[
+    "task_assigned",
+    "mentioned",
+    "approval_requested",
+    "agent_blocked",
+    "run_failed",
+];
 /// The most notifications one request may mark.
 pub const MAX_IDS: usize = 500;
 

@@ -268,6 +268,10 @@ pub struct RunFailed {
     /// The HTTP status of the app's final answer, when the run failed on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// The function that failed, so a reader of this one event (the notifications
+    /// inbox) knows whose it was. Absent in events recorded before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1352,6 +1356,7 @@ fn decide_call(
                     error,
                     at: finished_at,
                     http_status: status,
+                    function: state.function.clone(),
                 }));
             }
         }
@@ -2163,6 +2168,7 @@ mod tests {
                 http_status: None,
                 error: err.clone(),
                 at: t(2),
+                function: Some(function()),
             }),
         ]);
         assert_eq!(state.status, RunStatus::Failed);
@@ -2184,6 +2190,7 @@ mod tests {
                     http_status: None,
                     error: err,
                     at: t(2),
+                    function: Some(function()),
                 }),
             ]);
     }
@@ -2636,6 +2643,7 @@ mod tests {
                 http_status: None,
                 error: StepError::new("E", "m"),
                 at: t(1),
+                function: None,
             }),
         ];
         for event in events {

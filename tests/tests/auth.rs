@@ -370,6 +370,12 @@ async fn every_route_answers_every_credential_exactly(backend: TestBackend) {
                 case(format!("/api/v1/events/{event_id}"), None, 200, 404)
             }
             ("GET", "/api/v1/apps") | ("GET", "/api/v1/functions") => case(path, None, 200, 200),
+            ("PUT", "/api/v1/apps/{id}/owner") => case(
+                "/api/v1/apps/no-such-app/owner",
+                Some(json!({"owner": null})),
+                404,
+                404,
+            ),
             ("GET", "/api/v1/functions/{id}") => case("/api/v1/functions/nope", None, 404, 404),
             ("POST", "/api/v1/functions/{id}/invoke") => {
                 case("/api/v1/functions/nope/invoke", Some(json!({})), 404, 404)

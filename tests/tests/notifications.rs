@@ -1,7 +1,8 @@
 //! Inboxes: a task assigned to someone and a mention of someone reach them (and not
-//! the one who acted); reading, reading all and archiving are theirs; and a
-//! notification exists once per causing event, whether the read model is built
-//! incrementally or rebuilt from the log in small batches.
+//! the one who acted); an agent blocked and a failed run reach their owners; reading,
+//! reading all and archiving are theirs; and a notification exists once per causing
+//! event, whether the read model is built incrementally or rebuilt from the log in
+//! small batches.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,8 +11,9 @@ use std::time::Duration;
 use flowforge_api::auth::token::TokenKeys;
 use flowforge_api::auth::{AuthConfig, AuthMode};
 use flowforge_projections::ReadDb;
+use flowforge_sdk::{App, Error as SdkError, Function};
 use flowforge_tests::backend::TestBackend;
-use flowforge_tests::server::{Api, TestServer, config_for, signed_in_user};
+use flowforge_tests::server::{Api, SdkApp, TestServer, config_for, signed_in_user};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"notification-tests-token-secret-0123456789";
@@ -40,7 +42,10 @@ async fn unread(api: &Api) -> i64 {
     body["unread"].as_i64().unwrap()
 }
 
-async fn rows(db: &ReadDb) -> Vec<(String, String, String, Option<i64>, Option<i64>)> {
+/// id, recipient, kind, read at, archived at.
+type Row = (String, String, String, Option<i64>, Option<i64>);
+
+async fn rows(db: &ReadDb) -> Vec<Row> {
     sqlx::query_as(
         "SELECT notification_id, recipient, kind, read_at, archived_at FROM notifications \
          ORDER BY notification_id",
@@ -141,6 +146,12 @@ async fn assignments_and_mentions_reach_the_inbox_once(backend: TestBackend) {
     // in the same state; and reading the log again adds nothing.
     let incremental = rows(&backend.read_db().await).await;
     assert_eq!(incremental.len(), 2, "{incremental:?}");
+    assert_rebuilds_to(&backend, &incremental).await;
+}
+
+/// The read model rebuilt from the log one event per batch, then read again from the
+/// start, equals the incremental one.
+async fn assert_rebuilds_to(backend: &TestBackend, incremental: &[Row]) {
     let (fresh, _guard) = backend.fresh_read_db().await;
     let runner = flowforge_projections::ProjectionRunner::new(
         fresh.clone(),
@@ -158,8 +169,169 @@ async fn assignments_and_mentions_reach_the_inbox_once(backend: TestBackend) {
     assert_eq!(
         rows(&fresh).await,
         incremental,
-        "a replay of the log creates nothing twice"
+        "a replay creates nothing twice"
     );
 }
 
-flowforge_tests::on_both_backends!(assignments_and_mentions_reach_the_inbox_once);
+fn failing_app(server_url: String, serve_url: String) -> App {
+    App::new("billing", server_url, serve_url).function(
+        Function::new("charge")
+            .trigger_event("billing/charge")
+            .handler(|_ctx, step| async move {
+                let _: i64 = step
+                    .run("call the bank", || async {
+                        Err::<i64, _>(SdkError::non_retriable("the bank said no"))
+                    })
+                    .await?;
+                Ok(json!("charged"))
+            }),
+    )
+}
+
+async fn agents_blocked_and_failed_runs_reach_their_owners(backend: TestBackend) {
+    let mut config = config_for(&backend);
+    config.auth = AuthConfig {
+        mode: AuthMode::Open,
+        tokens: Some(TokenKeys::new(SECRET)),
+        token_ttl: Duration::from_secs(600),
+    };
+    let server = TestServer::start_with(config).await;
+    let base = server.url.clone();
+    let admin = Api::new(base.clone());
+    let (ann_id, ann) = member(&base, &admin, "ann").await;
+    let (bob_id, bob) = member(&base, &admin, "bob").await;
+
+    // Ann's agent is blocked by Bob: Ann hears of it. Ann blocking it herself: nothing.
+    let (status, agent) = ann
+        .post("/api/v1/agents", &json!({"name": "builder"}))
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let assigned = json!({"kind": "agent", "id": agent["id"]});
+    let mut tasks = Vec::new();
+    for title in ["Release 1.2", "Release 1.3"] {
+        let (status, task) = bob
+            .post(
+                "/api/v1/tasks",
+                &json!({"title": title, "assignee": assigned}),
+            )
+            .await;
+        assert_eq!(status, 201, "{task}");
+        tasks.push(task);
+    }
+    let block = |api: &Api, task: &Value| {
+        let api = api.clone();
+        let url = format!("{}/api/v1/tasks/{}", api.base, task["id"].as_str().unwrap());
+        async move {
+            let response = api
+                .http
+                .patch(url)
+                .json(&json!({"status": "blocked"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    block(&bob, &tasks[0]).await;
+    block(&ann, &tasks[1]).await;
+    let page = inbox(&ann, "kind=agent_blocked", 1).await;
+    let blocked = &page["items"][0];
+    assert_eq!(blocked["task"]["key"], tasks[0]["key"], "{blocked}");
+    assert_eq!(blocked["actor"]["id"], bob_id.as_str());
+    // A task of a person blocked, or an agent nobody owns: nobody is told.
+    inbox(&bob, "kind=agent_blocked", 0).await;
+
+    // Bob owns the billing app; its run fails; Bob hears of it, Ann does not.
+    let _app = SdkApp::start(&base, failing_app).await;
+    let (status, error) = ann
+        .put(
+            "/api/v1/apps/billing/owner",
+            &json!({"owner": "not-a-user"}),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("owner")),
+        "{error}"
+    );
+    let (status, error) = ann
+        .put("/api/v1/apps/no-such-app/owner", &json!({"owner": bob_id}))
+        .await;
+    assert_eq!(status, 404, "{error}");
+    let (status, owned) = ann
+        .put("/api/v1/apps/billing/owner", &json!({"owner": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{owned}");
+    assert_eq!(owned["owner"], bob_id.as_str());
+    let (status, failed) = admin
+        .post(
+            "/api/v1/functions/billing-charge/invoke?wait=true",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 422, "{failed}");
+    let page = inbox(&bob, "kind=run_failed", 1).await;
+    let notice = &page["items"][0];
+    assert_eq!(notice["run_id"], failed["run_id"], "{notice}");
+    assert!(
+        notice["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the bank said no"),
+        "{notice}"
+    );
+    inbox(&ann, "kind=run_failed", 0).await;
+
+    // Giving the app up: the next failure tells nobody.
+    let (status, _) = bob
+        .put("/api/v1/apps/billing/owner", &json!({"owner": null}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = admin
+        .post(
+            "/api/v1/functions/billing-charge/invoke?wait=true",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // A later notification shows the projection has read past that failure.
+    let (status, task) = bob
+        .post(
+            "/api/v1/tasks",
+            &json!({"title": "Release 1.4", "assignee": assigned}),
+        )
+        .await;
+    assert_eq!(status, 201, "{task}");
+    block(&bob, &task).await;
+    inbox(&ann, "kind=agent_blocked", 2).await;
+    inbox(&bob, "kind=run_failed", 1).await;
+
+    let incremental = rows(&backend.read_db().await).await;
+    let kinds: Vec<(&str, &str)> = incremental
+        .iter()
+        .map(|(_, recipient, kind, _, _)| (recipient.as_str(), kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == (ann_id.as_str(), "agent_blocked"))
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == (bob_id.as_str(), "run_failed"))
+            .count(),
+        1
+    );
+    assert_eq!(incremental.len(), 3, "{incremental:?}");
+    assert_rebuilds_to(&backend, &incremental).await;
+}
+
+flowforge_tests::on_both_backends!(
+    assignments_and_mentions_reach_the_inbox_once,
+    agents_blocked_and_failed_runs_reach_their_owners,
+);

@@ -285,6 +285,61 @@ pub async fn list_apps(
     })))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct OwnerBody {
+    /// A user of the caller's tenant, or null for no owner.
+    pub owner: Option<String>,
+}
+
+/// `PUT /api/v1/apps/{id}/owner` `{"owner": "<user id>" | null}`: the person told (in
+/// their inbox) when a run of one of the app's functions fails.
+pub async fn set_owner(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app_id): Path<String>,
+    Json(body): Json<OwnerBody>,
+) -> Result<Json<Value>, ApiError> {
+    use flowforge_domain::ownership::{self, AppOwnerError, AppOwnership, SetAppOwner};
+    use flowforge_domain::user::{self, User};
+    let known = state
+        .engine()?
+        .registry
+        .apps(&caller.space())
+        .iter()
+        .any(|a| a.app_id == app_id);
+    if !known {
+        return Err(ApiError::not_found(format!("no app `{app_id}`")));
+    }
+    if let Some(owner) = &body.owner {
+        let not_a_user = || ApiError::invalid_field("owner", format!("no user `{owner}`"));
+        let id: Uuid = owner.parse().map_err(|_| not_a_user())?;
+        let found = super::fold_in_tenant::<User>(&state, &caller, &user::stream_id(id)).await?;
+        if found.is_none_or(|u| u.profile.is_none()) {
+            return Err(not_a_user());
+        }
+    }
+    let command = SetAppOwner {
+        app_id: app_id.clone(),
+        owner: body.owner.clone(),
+        at: Utc::now(),
+    };
+    state
+        .commands
+        .handle::<AppOwnership>(
+            &ownership::stream_id(caller.tenant(), &app_id),
+            &caller.metadata(),
+            || command.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            CommandError::Domain(AppOwnerError::Invalid { field, message }) => {
+                ApiError::invalid_field(field, message)
+            }
+            other => ApiError::internal(other),
+        })?;
+    Ok(Json(json!({"app_id": app_id, "owner": body.owner})))
+}
+
 /// `GET /api/v1/functions`
 pub async fn list_functions(
     State(state): State<AppState>,

@@ -396,6 +396,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         (
             spec(
+                M::PUT,
+                "/api/v1/apps/{id}/owner",
+                Access::Scope(S::FunctionsManage),
+                "Set who is told when a run of the app's functions fails",
+            ),
+            put(apps::set_owner),
+        ),
+        (
+            spec(
                 M::GET,
                 "/api/v1/functions",
                 Access::Scope(S::FunctionsRead),

@@ -66,12 +66,14 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<ListNotifications>,
 ) -> Result<Json<Value>, ApiError> {
+    use flowforge_domain::notification::KINDS;
     if let Some(kind) = &query.kind
-        && !["task_assigned", "mentioned", "approval_requested"].contains(&kind.as_str())
+        && !KINDS.contains(&kind.as_str())
     {
+        let kinds: Vec<String> = KINDS.iter().map(|k| format!("`{k}`")).collect();
         return Err(ApiError::invalid_field(
             "kind",
-            "`task_assigned`, `mentioned` or `approval_requested`",
+            format!("one of {}", kinds.join(", ")),
         ));
     }
     let limit = query.limit.unwrap_or(100);

@@ -1,15 +1,22 @@
 //! `notifications`: every user's inbox, derived from the events that cause a
-//! notification (a task assigned to them, a mention of them, an approval asked of them) and from what they did
-//! with it (`inbox.*`). A notification's id is its causing event's id and its
+//! notification (a task assigned to them, a mention of them, an approval asked of them,
+//! an agent they own blocked, a run of an app they own failed) and from what they did
+//! with it (`inbox.*`). Who owns an agent (its creator) or an app (`app.owner_set`),
+//! and which agent has which task, are kept in two tables of the same generation, so
+//! a rebuild derives the same owners in the same log order. A notification's id is its causing event's id and its
 //! recipient, inserted only if absent in the same transaction as the checkpoint, so a
 //! notification exists exactly once however often the log is read (restarts,
 //! rebuilds).
 
 use async_trait::async_trait;
+use flowforge_domain::agent::AgentEvent;
 use flowforge_domain::approval::ApprovalEvent;
 use flowforge_domain::comment::{CommentEvent, CommentTarget, Member, Mention};
+use flowforge_domain::metadata::ActorKind;
 use flowforge_domain::notification::{InboxEvent, notification_id};
-use flowforge_domain::task::{Assignee, TaskBoardEvent, TaskEvent};
+use flowforge_domain::ownership::AppOwnerEvent;
+use flowforge_domain::run::RunEvent;
+use flowforge_domain::task::{Assignee, TaskBoardEvent, TaskEvent, TaskStatus};
 use flowforge_store::{LogFilter, StoredEvent};
 use sqlx::{Any, Transaction};
 
@@ -165,11 +172,15 @@ impl Projection for NotificationsProjection {
     }
 
     fn schema_version(&self) -> u32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["notifications"]
+        &[
+            "notifications",
+            "notification_owners",
+            "notification_task_agents",
+        ]
     }
 
     fn schema(&self) -> &'static str {
@@ -184,6 +195,10 @@ impl Projection for NotificationsProjection {
                 "comment.posted",
                 "comment.edited",
                 "approval.requested",
+                "agent.created",
+                "task.status_changed",
+                "app.owner_set",
+                "run.failed",
             ]
             .into_iter()
             .chain(InboxEvent::TYPES.iter().copied()),
@@ -238,7 +253,9 @@ impl Projection for NotificationsProjection {
                 }
                 continue;
             }
-            for new in caused(event)? {
+            let mut news = caused(event)?;
+            news.extend(owned(tx, tables, event).await?);
+            for new in news {
                 let actor =
                     serde_json::to_string(&event.metadata.actor).unwrap_or_else(|_| "null".into());
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -265,4 +282,159 @@ impl Projection for NotificationsProjection {
         }
         Ok(())
     }
+}
+
+/// Keeps who owns what and which agent has which task, and returns the notifications
+/// that go to an owner: `agent_blocked` (a task of an agent they own moved to blocked)
+/// and `run_failed` (a run of an app they own failed). Nobody is told of what they did.
+async fn owned(
+    tx: &mut Transaction<'static, Any>,
+    tables: &Tables,
+    event: &StoredEvent,
+) -> Result<Vec<New>, ProjectionError> {
+    let owners = tables.get("notification_owners");
+    let task_agents = tables.get("notification_task_agents");
+    let tenant = event.tenant_id();
+    let decode_error = |e| ProjectionError::event(event, e);
+    let set_owner = |subject: String, owner: Option<String>| match owner {
+        Some(owner) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {owners} (tenant_id, subject, owner) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, subject) DO UPDATE SET owner = excluded.owner"
+        )))
+        .bind(tenant)
+        .bind(subject)
+        .bind(owner),
+        None => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {owners} WHERE tenant_id = $1 AND subject = $2"
+        )))
+        .bind(tenant)
+        .bind(subject),
+    };
+    let owner_of = |subject: String| {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+            "SELECT owner FROM {owners} WHERE tenant_id = $1 AND subject = $2"
+        )))
+        .bind(tenant)
+        .bind(subject)
+    };
+    let set_task_agent = |task_id: String, agent: Option<String>| match agent {
+        Some(agent) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {task_agents} (tenant_id, task_id, agent_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, task_id) DO UPDATE SET agent_id = excluded.agent_id"
+        )))
+        .bind(tenant)
+        .bind(task_id)
+        .bind(agent),
+        None => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {task_agents} WHERE tenant_id = $1 AND task_id = $2"
+        )))
+        .bind(tenant)
+        .bind(task_id),
+    };
+    let agent_of = |assignee: &Option<Assignee>| match assignee {
+        Some(Assignee::Agent(agent)) => Some(agent.to_string()),
+        _ => None,
+    };
+    let actor = &event.metadata.actor;
+    match event.event_type.as_str() {
+        "agent.created" => {
+            let AgentEvent::Created { agent_id, .. } = event.decode().map_err(decode_error)? else {
+                return Ok(Vec::new());
+            };
+            if actor.kind == ActorKind::User {
+                set_owner(format!("agent:{agent_id}"), Some(actor.id.clone()))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        "app.owner_set" => {
+            let AppOwnerEvent::OwnerSet { app_id, owner, .. } =
+                event.decode().map_err(decode_error)?;
+            set_owner(format!("app:{app_id}"), owner)
+                .execute(&mut **tx)
+                .await?;
+        }
+        "task.created" => {
+            let TaskBoardEvent::Created(created) = event.decode().map_err(decode_error)?;
+            if let Some(agent) = agent_of(&created.assignee) {
+                set_task_agent(created.task_id.to_string(), Some(agent))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        "task.assigned" => {
+            let TaskEvent::Assigned { assignee, .. } = event.decode().map_err(decode_error)? else {
+                return Ok(Vec::new());
+            };
+            let task_id = event.stream_id.trim_start_matches("task-").to_owned();
+            set_task_agent(task_id, agent_of(&assignee))
+                .execute(&mut **tx)
+                .await?;
+        }
+        "task.status_changed" => {
+            let TaskEvent::StatusChanged { to, .. } = event.decode().map_err(decode_error)? else {
+                return Ok(Vec::new());
+            };
+            if to != TaskStatus::Blocked {
+                return Ok(Vec::new());
+            }
+            let task_id = event.stream_id.trim_start_matches("task-").to_owned();
+            let agent: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT agent_id FROM {task_agents} WHERE tenant_id = $1 AND task_id = $2"
+            )))
+            .bind(tenant)
+            .bind(&task_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(agent) = agent else {
+                return Ok(Vec::new());
+            };
+            let owner = owner_of(format!("agent:{agent}"))
+                .fetch_optional(&mut **tx)
+                .await?;
+            return Ok(owner
+                .filter(|owner| *owner != actor.id)
+                .map(|owner| New {
+                    recipient: owner,
+                    kind: "agent_blocked",
+                    task_id: Some(task_id),
+                    comment_id: None,
+                    run_id: None,
+                    approval_id: None,
+                    summary: "an agent you own is blocked on a task".into(),
+                })
+                .into_iter()
+                .collect());
+        }
+        "run.failed" => {
+            let RunEvent::Failed(failed) = event.decode().map_err(decode_error)? else {
+                return Ok(Vec::new());
+            };
+            let Some(function) = failed.function else {
+                return Ok(Vec::new());
+            };
+            let owner = owner_of(format!("app:{}", function.app_id))
+                .fetch_optional(&mut **tx)
+                .await?;
+            let run_id = event.stream_id.trim_start_matches("run-").to_owned();
+            return Ok(owner
+                .filter(|owner| *owner != actor.id)
+                .map(|owner| New {
+                    recipient: owner,
+                    kind: "run_failed",
+                    task_id: None,
+                    comment_id: None,
+                    run_id: Some(run_id),
+                    approval_id: None,
+                    summary: format!(
+                        "a run of `{}` failed: {}",
+                        function.function_id, failed.error.message
+                    ),
+                })
+                .into_iter()
+                .collect());
+        }
+        _ => {}
+    }
+    Ok(Vec::new())
 }

@@ -4,7 +4,7 @@ CREATE TABLE {notifications} (
     tenant_id        TEXT   NOT NULL,
     -- a user id
     recipient        TEXT   NOT NULL,
-    -- `task_assigned`, `mentioned` or `approval_requested`
+    -- `task_assigned`, `mentioned`, `approval_requested`, `agent_blocked` or `run_failed`
     kind             TEXT   NOT NULL,
     -- who caused it: JSON {"kind", "id"}
     actor            TEXT   NOT NULL,
@@ -21,3 +21,18 @@ CREATE TABLE {notifications} (
     archived_at      BIGINT
 );
 CREATE INDEX {notifications}_inbox ON {notifications} (tenant_id, recipient, archived_at, read_at, source_position);
+-- Who owns what, as the log says, for the notifications that go to an owner:
+-- `agent:<agent id>` (its creator) and `app:<app id>` (`app.owner_set`).
+CREATE TABLE {notification_owners} (
+    tenant_id  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, subject)
+);
+-- The agent each task is assigned to (none: no row), for "an agent I own is blocked".
+CREATE TABLE {notification_task_agents} (
+    tenant_id  TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    agent_id   TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, task_id)
+);
