@@ -441,6 +441,17 @@ pub enum RunEvent {
     Debounced(EventCollected),
     #[serde(rename = "run.batched")]
     Batched(EventCollected),
+    /// The skill versions an AI step's request was given (recorded with the step's
+    /// result, so a run says which knowledge its model saw).
+    #[serde(rename = "run.skills_used")]
+    SkillsUsed(SkillsUsed),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkillsUsed {
+    pub step_id: String,
+    pub skills: Vec<crate::skill::SkillVersionUsed>,
+    pub at: DateTime<Utc>,
 }
 
 impl RunEvent {
@@ -463,6 +474,7 @@ impl RunEvent {
         "run.call_released",
         "run.debounced",
         "run.batched",
+        "run.skills_used",
     ];
 }
 
@@ -488,6 +500,7 @@ impl DomainEvent for RunEvent {
             RunEvent::CallReleased(_) => "run.call_released",
             RunEvent::Debounced(_) => "run.debounced",
             RunEvent::Batched(_) => "run.batched",
+            RunEvent::SkillsUsed(_) => "run.skills_used",
         }
     }
 }
@@ -806,11 +819,13 @@ pub enum Op {
         /// Chosen by the caller so that `decide` stays pure.
         child_run_id: Uuid,
     },
-    /// The answer of an LLM provider to a request the server made for the app.
+    /// The answer of an LLM provider to a request the server made for the app, and the
+    /// skill versions the request was given.
     AiResponse {
         id: String,
         name: String,
         output: Value,
+        skills: Vec<crate::skill::SkillVersionUsed>,
     },
 }
 
@@ -1085,6 +1100,8 @@ impl Decider for Run {
                 }
                 state.put_start(|until| until.min(e.until));
             }
+            // A record for readers; what the run does next does not depend on it.
+            RunEvent::SkillsUsed(_) => {}
         }
         // A hold is on one call: it ends when that call is no longer due.
         if !state.held.is_empty() {
@@ -1431,7 +1448,19 @@ fn decide_op(
                 at: now,
             }));
         }
-        Op::AiResponse { id, name, output } => {
+        Op::AiResponse {
+            id,
+            name,
+            output,
+            skills,
+        } => {
+            if !skills.is_empty() {
+                events.push(RunEvent::SkillsUsed(SkillsUsed {
+                    step_id: id.clone(),
+                    skills,
+                    at: now,
+                }));
+            }
             events.push(RunEvent::StepCompleted(StepCompleted {
                 step_id: id,
                 name,
@@ -2004,6 +2033,52 @@ mod tests {
             CallOutcome::Ops(vec![step_run("a", json!(1))]),
         ))
         .then_error(|e| matches!(e, RunError::StaleCall { token: 1, .. }));
+    }
+
+    #[test]
+    fn an_ai_answer_records_the_skill_versions_its_request_was_given() {
+        let used = vec![crate::skill::SkillVersionUsed {
+            name: "release-notes".into(),
+            version: 2,
+            sha256: "ab".repeat(32),
+        }];
+        let answer = |skills: Vec<crate::skill::SkillVersionUsed>| Op::AiResponse {
+            id: "ask".into(),
+            name: "ask".into(),
+            output: json!({"text": "hi"}),
+            skills,
+        };
+        let ai_done = RunEvent::StepCompleted(StepCompleted {
+            step_id: "ask".into(),
+            name: "ask".into(),
+            kind: StepKind::Ai,
+            output: StepOutput::Data(json!({"text": "hi"})),
+            at: t(2),
+        });
+        let state = Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![answer(used.clone())]),
+            ))
+            .then([
+                call_finished(CallTarget::Discovery, 1, 0),
+                RunEvent::SkillsUsed(SkillsUsed {
+                    step_id: "ask".into(),
+                    skills: used,
+                    at: t(2),
+                }),
+                ai_done.clone(),
+            ]);
+        assert!(state.steps.contains_key("ask"), "the answer is memoized");
+        // No skills enabled: nothing about skills is recorded.
+        Spec::given([created()])
+            .when(record(
+                CallTarget::Discovery,
+                1,
+                CallOutcome::Ops(vec![answer(Vec::new())]),
+            ))
+            .then([call_finished(CallTarget::Discovery, 1, 0), ai_done]);
     }
 
     #[test]

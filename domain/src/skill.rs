@@ -48,6 +48,14 @@ pub fn skill_id(tenant: &str, name: &str) -> Uuid {
     )
 }
 
+/// One skill version given to a model: which knowledge, exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkillVersionUsed {
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SkillError {
     #[error("invalid {field}: {reason}")]

@@ -83,6 +83,56 @@ impl AiRequest {
     }
 
     /// The headers that authenticate with the provider, in its own convention.
+    /// Puts skills' knowledge before the request's system prompt, in the provider's
+    /// format; the rest of the body is the app's and stays as it is. Whether it could:
+    /// a body of a shape this does not know is sent unchanged (and no skill is
+    /// recorded as used).
+    pub fn give_knowledge(&mut self, knowledge: &str) -> bool {
+        if knowledge.is_empty() {
+            return false;
+        }
+        let Some(body) = self.body.as_object_mut() else {
+            return false;
+        };
+        match self.format.as_str() {
+            "anthropic" => match body.get_mut("system") {
+                None | Some(Value::Null) => {
+                    body.insert("system".into(), Value::String(knowledge.to_owned()));
+                    true
+                }
+                Some(Value::String(text)) => {
+                    *text = format!("{knowledge}\n\n{text}");
+                    true
+                }
+                Some(Value::Array(blocks)) => {
+                    blocks.insert(0, json!({"type": "text", "text": knowledge}));
+                    true
+                }
+                Some(_) => false,
+            },
+            "gemini" => {
+                let instruction = body
+                    .entry("systemInstruction")
+                    .or_insert_with(|| json!({"parts": []}));
+                match instruction.get_mut("parts").and_then(Value::as_array_mut) {
+                    Some(parts) => {
+                        parts.insert(0, json!({"text": knowledge}));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            // OpenAI's chat format, which most other providers speak too.
+            _ => match body.get_mut("messages").and_then(Value::as_array_mut) {
+                Some(messages) => {
+                    messages.insert(0, json!({"role": "system", "content": knowledge}));
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
     fn auth_headers(&self) -> Vec<(&'static str, String)> {
         if self.auth_key.is_empty() {
             return Vec::new();
@@ -166,6 +216,7 @@ async fn infer_in_span(http: &reqwest::Client, request: &AiRequest, timeout: Dur
             id: request.step_id.clone(),
             name: request.name.clone(),
             output,
+            skills: Vec::new(),
         },
         Err(error) => failed(
             "AIGatewayError",
@@ -251,5 +302,58 @@ mod tests {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].step_id, "h1");
         assert!(requests_in(b"not json").unwrap().is_empty());
+    }
+
+    fn request(format: &str, body: Value) -> AiRequest {
+        AiRequest::from_op(&op(json!({
+            "format": format, "url": "http://127.0.0.1:9/v1", "body": body
+        })))
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn knowledge_goes_before_the_system_prompt_in_each_format() {
+        let k = "<skill-knowledge name=\"x\">K</skill-knowledge>";
+        let mut anthropic = request("anthropic", json!({"system": "Be brief.", "messages": []}));
+        assert!(anthropic.give_knowledge(k));
+        assert_eq!(anthropic.body["system"], format!("{k}\n\nBe brief."));
+        let mut blocks = request(
+            "anthropic",
+            json!({"system": [{"type": "text", "text": "Be brief."}]}),
+        );
+        assert!(blocks.give_knowledge(k));
+        assert_eq!(blocks.body["system"][0]["text"], k);
+        assert_eq!(blocks.body["system"][1]["text"], "Be brief.");
+        let mut none = request("anthropic", json!({"messages": []}));
+        assert!(none.give_knowledge(k));
+        assert_eq!(none.body["system"], k);
+
+        let mut openai = request(
+            "openai-chat",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(openai.give_knowledge(k));
+        assert_eq!(
+            openai.body["messages"][0],
+            json!({"role": "system", "content": k})
+        );
+        assert_eq!(openai.body["messages"][1]["content"], "hi");
+
+        let mut gemini = request("gemini", json!({"contents": []}));
+        assert!(gemini.give_knowledge(k));
+        assert_eq!(gemini.body["systemInstruction"]["parts"][0]["text"], k);
+    }
+
+    #[test]
+    fn a_body_of_an_unknown_shape_is_left_alone() {
+        let mut odd = request("anthropic", json!({"system": 42}));
+        assert!(!odd.give_knowledge("K"));
+        assert_eq!(odd.body["system"], 42);
+        let mut no_messages = request("openai-chat", json!({"prompt": "hi"}));
+        assert!(!no_messages.give_knowledge("K"));
+        assert_eq!(no_messages.body, json!({"prompt": "hi"}));
+        let mut empty = request("openai-chat", json!({"messages": []}));
+        assert!(!empty.give_knowledge(""), "no knowledge, nothing given");
     }
 }

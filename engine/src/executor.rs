@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use flowforge_commands::{CommandError, Loaded};
-use flowforge_domain::run::{CallOutcome, Run, RunCommand, RunError, RunState, StepError};
+use flowforge_domain::run::{CallOutcome, Op, Run, RunCommand, RunError, RunState, StepError};
 use flowforge_domain::{Actor, EventMetadata, TenantId};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -322,7 +322,7 @@ async fn call_app(
                     );
                     match outcome {
                         CallOutcome::Ops(ops) if status == 206 => {
-                            infer_for_app(context, &loaded.state, &body, ops).await
+                            infer_for_app(context, &job.tenant, &loaded.state, &body, ops).await
                         }
                         other => other,
                     }
@@ -357,26 +357,87 @@ async fn call_app(
 }
 
 /// Makes the LLM requests the app's answer asked for (`step.ai.infer`), concurrently,
-/// and adds their outcomes to the answer's ops.
+/// and adds their outcomes to the answer's ops. Each request is given the knowledge of
+/// the skills enabled for the function (their newest versions now), and its outcome
+/// names those versions, so the run records them.
 async fn infer_for_app(
     context: &EngineContext,
+    tenant: &str,
     state: &RunState,
     answer: &[u8],
-    mut ops: Vec<flowforge_domain::run::Op>,
+    mut ops: Vec<Op>,
 ) -> CallOutcome {
     let requests = match ai_gateway::requests_in(answer) {
         Ok(requests) => requests,
         Err(message) => return protocol::protocol_error(message),
     };
-    let pending = requests
-        .iter()
-        .filter(|r| !state.steps.contains_key(&r.step_id));
+    let mut pending: Vec<_> = requests
+        .into_iter()
+        .filter(|r| !state.steps.contains_key(&r.step_id))
+        .collect();
+    if pending.is_empty() {
+        return CallOutcome::Ops(ops);
+    }
+    let knowledge = match enabled_skills(context, tenant, state).await {
+        Ok(knowledge) => knowledge,
+        Err(message) => {
+            // Never ask a model without the knowledge it was set up with: the step
+            // fails this attempt and is retried.
+            ops.extend(pending.iter().map(|r| Op::StepError {
+                id: r.step_id.clone(),
+                name: r.name.clone(),
+                error: StepError::new("SkillsUnavailable", message.clone()),
+                retriable: true,
+                retry_after: None,
+            }));
+            return CallOutcome::Ops(ops);
+        }
+    };
+    let given: Vec<bool> = pending
+        .iter_mut()
+        .map(|r| r.give_knowledge(&knowledge.text))
+        .collect();
     let answers = futures::future::join_all(
-        pending.map(|r| ai_gateway::infer(&context.http, r, context.config.call_timeout)),
+        pending
+            .iter()
+            .map(|r| ai_gateway::infer(&context.http, r, context.config.call_timeout)),
     )
     .await;
-    ops.extend(answers);
+    ops.extend(answers.into_iter().zip(given).map(|(op, given)| match op {
+        Op::AiResponse {
+            id, name, output, ..
+        } if given => Op::AiResponse {
+            id,
+            name,
+            output,
+            skills: knowledge.used.clone(),
+        },
+        other => other,
+    }));
     CallOutcome::Ops(ops)
+}
+
+/// The knowledge of the skills enabled for the run's function.
+async fn enabled_skills(
+    context: &EngineContext,
+    tenant: &str,
+    state: &RunState,
+) -> Result<crate::skills::SkillKnowledge, String> {
+    let Some(function) = &state.function else {
+        return Ok(Default::default());
+    };
+    let names = context
+        .commands
+        .load::<flowforge_domain::skill::FunctionSkills>(
+            &flowforge_domain::skill::function_skills_stream_id(tenant, &function.function_id),
+        )
+        .await
+        .map_err(|e| format!("cannot read the function's skills: {e}"))?
+        .state;
+    if names.is_empty() {
+        return Ok(Default::default());
+    }
+    crate::skills::knowledge(context, tenant, &names).await
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {

@@ -11,12 +11,7 @@ use serde::Serialize;
 use crate::EngineContext;
 
 /// One skill version given to a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SkillUse {
-    pub name: String,
-    pub version: u32,
-    pub sha256: String,
-}
+pub type SkillUse = flowforge_domain::skill::SkillVersionUsed;
 
 /// The assembled `<skill-knowledge>` blocks and the versions they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]

@@ -586,6 +586,81 @@ async fn ai_infer_is_answered_by_the_provider_through_the_server(backend: TestBa
     );
 }
 
+/// A function's enabled skills reach its `step.ai.infer` requests: the server puts
+/// their knowledge before the system prompt, and the run records which versions it
+/// gave (`run.skills_used`, and the step's `skills` in the run's detail).
+async fn an_ai_step_is_given_its_functions_skills_and_the_run_records_them(backend: TestBackend) {
+    let provider = FakeAnthropic::start().await;
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let Some(_app) = start_python_app(&server.url).await else {
+        return;
+    };
+    let skill_md = "---\nname: release-notes\ndescription: How we write release notes.\n---\nLead with what changed for the user.";
+    let (status, skill) = api
+        .post(
+            "/api/v1/skills/upload",
+            &json!({"files": [{"path": "SKILL.md", "contents": skill_md}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{skill}");
+    let (status, enabled) = api
+        .put(
+            "/api/v1/functions/py-app-ask/skills",
+            &json!({"skills": ["release-notes"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{enabled}");
+
+    let run = run_for(
+        &api,
+        "py/ask",
+        json!({"llm": provider.base_url, "prompt": "notes please"}),
+    )
+    .await;
+    let run = api.finished_run(&run, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let system = requests[0].body["system"].as_str().unwrap_or_default();
+    assert!(
+        system.starts_with("<skill-knowledge name=\"release-notes\">")
+            && system.contains("Lead with what changed for the user."),
+        "the model was given the skill: {system}"
+    );
+    assert_eq!(
+        requests[0].body["messages"],
+        json!([{"role": "user", "content": "notes please"}]),
+        "the app's own messages are unchanged"
+    );
+
+    let version = &skill["versions"][0];
+    let expected = json!([{
+        "name": "release-notes",
+        "version": version["version"],
+        "sha256": version["sha256"],
+    }]);
+    assert!(
+        version["sha256"].as_str().is_some_and(|h| h.len() == 64),
+        "{skill}"
+    );
+    assert_eq!(run["steps"][0]["skills"], expected, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let (status, events) = api.get(&format!("/api/v1/runs/{id}/events")).await;
+    assert_eq!(status, 200);
+    let used = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "run.skills_used" || e["event_type"] == "run.skills_used")
+        .unwrap_or_else(|| panic!("no run.skills_used in {events}"));
+    assert!(
+        used.to_string()
+            .contains(version["sha256"].as_str().unwrap()),
+        "{used}"
+    );
+}
+
 /// The SDK sends `x-inngest-event-id-seed` so that a retried send does not record twice;
 /// `GET /v1/events` lists events the way Inngest's REST API does.
 async fn a_seeded_event_is_recorded_once_and_listed(backend: TestBackend) {
@@ -640,6 +715,7 @@ async fn a_seeded_event_is_recorded_once_and_listed(backend: TestBackend) {
 
 flowforge_tests::on_both_backends!(
     ai_infer_is_answered_by_the_provider_through_the_server,
+    an_ai_step_is_given_its_functions_skills_and_the_run_records_them,
     a_seeded_event_is_recorded_once_and_listed,
     gql_answers_the_dev_server_queries,
     an_app_written_with_the_official_python_sdk_runs_unmodified,

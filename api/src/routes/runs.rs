@@ -270,9 +270,15 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
         };
         &mut steps[index].1
     }
+    // The skill versions an AI step was given, recorded just before its result.
+    let mut skills_used: std::collections::HashMap<String, Value> =
+        std::collections::HashMap::new();
     for stored in events {
         let event: RunEvent = stored.decode().map_err(ApiError::internal)?;
         match &event {
+            RunEvent::SkillsUsed(used) => {
+                skills_used.insert(used.step_id.clone(), json!(used.skills));
+            }
             RunEvent::CallFinished(call) => {
                 last_call = Some((call.target.clone(), call.started_at, call.finished_at))
             }
@@ -283,6 +289,9 @@ pub fn run_view(run_id: Uuid, events: &[StoredEvent]) -> Result<Value, ApiError>
                 };
                 let s = step(&mut steps, &done.step_id, &done.name);
                 s.insert("kind".into(), json!(done.kind));
+                if let Some(skills) = skills_used.remove(&done.step_id) {
+                    s.insert("skills".into(), skills);
+                }
                 if let Some(started) = started {
                     s.entry("started_at").or_insert(json!(started));
                 }

@@ -267,7 +267,8 @@ impl DocumentProjection for RunsProjection {
                     RunEvent::StepsPlanned { .. }
                     | RunEvent::SleepStarted(_)
                     | RunEvent::WaitStarted(_)
-                    | RunEvent::InvokeStarted(_) => {}
+                    | RunEvent::InvokeStarted(_)
+                    | RunEvent::SkillsUsed(_) => {}
                     RunEvent::Completed(done) => {
                         row.status = RunStatus::Completed.as_str().to_owned();
                         row.output = Some(done.output.to_string());
