@@ -17,6 +17,7 @@ pub mod platform;
 pub mod reads;
 pub mod routes;
 pub mod skill_sources;
+pub mod skill_zip;
 pub mod telemetry;
 
 pub use config::Config;

@@ -386,4 +386,88 @@ async fn skill_sha(api: &Api, name: &str) -> Value {
     skill["sha256"].clone()
 }
 
-flowforge_tests::on_both_backends!(skills_from_every_source);
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (path, contents) in entries {
+        writer.start_file(*path, options).unwrap();
+        writer.write_all(contents).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// A skill folder zipped on someone's machine and uploaded as it is.
+async fn a_zipped_skill_folder_uploads(backend: TestBackend) {
+    let server = TestServer::start(&backend).await;
+    let api = Api::new(server.url.clone());
+    let send = |bytes: Vec<u8>| {
+        let api = api.clone();
+        async move {
+            let response = api
+                .http
+                .post(format!("{}/api/v1/skills/upload", api.base))
+                .header("content-type", "application/zip")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let skill_md = b"---\nname: release-notes\ndescription: How we write release notes.\n---\nLead with the user.";
+    let (status, skill) = send(zip_of(&[
+        ("release-notes/SKILL.md", skill_md),
+        (
+            "release-notes/references/examples.md",
+            b"# 1.2\n- Faster runs.",
+        ),
+        ("__MACOSX/release-notes/._SKILL.md", b"junk"),
+    ]))
+    .await;
+    assert_eq!(status, 201, "{skill}");
+    assert_eq!(skill["name"], "release-notes");
+    assert_eq!(skill["source"]["kind"], "upload");
+    let files: Vec<&str> = skill["versions"][0]["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{skill}"))
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["SKILL.md", "references/examples.md"], "{skill}");
+
+    // The folder must be named as the skill; a bomb stops at the size limit; garbage
+    // is not a zip.
+    let (status, error) = send(zip_of(&[("notes/SKILL.md", skill_md)])).await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("SKILL.md: name")),
+        "{error}"
+    );
+    let bomb = vec![0u8; 32 * 1024 * 1024];
+    let (status, error) = send(zip_of(&[("SKILL.md", skill_md), ("big.md", &bomb)])).await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("files[1].contents")),
+        "{error}"
+    );
+    let (status, error) = send(b"PK not really".to_vec()).await;
+    assert_eq!(
+        (status, error["error"]["field"].clone()),
+        (400, json!("body")),
+        "{error}"
+    );
+    let (_, listed) = api.get("/api/v1/skills").await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "nothing half-imported: {listed}"
+    );
+}
+
+flowforge_tests::on_both_backends!(skills_from_every_source, a_zipped_skill_folder_uploads);

@@ -370,17 +370,39 @@ pub struct Upload {
     pub files: Option<Vec<SkillFile>>,
 }
 
-/// `POST /api/v1/skills/upload` with `{"files": [{"path", "contents"}]}`: a skill
-/// folder from a machine with no marketplace.
+/// `POST /api/v1/skills/upload` with `{"files": [{"path", "contents"}]}`, or a zip
+/// archive of the folder (`Content-Type: application/zip`): a skill from a machine with
+/// no marketplace.
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    Json(body): Json<Upload>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let files = body
-        .files
-        .ok_or_else(|| ApiError::invalid_field("files", "required"))?;
+    let zipped = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/zip"));
+    let (files, folder) = if zipped {
+        crate::skill_zip::files_in_zip(&body)
+            .map_err(|e| ApiError::invalid_field(e.field, e.message))?
+    } else {
+        let parsed: Upload = serde_json::from_value(super::events::parse_json(&body)?)
+            .map_err(|e| ApiError::invalid_field("files", e.to_string()))?;
+        let files = parsed
+            .files
+            .ok_or_else(|| ApiError::invalid_field("files", "required"))?;
+        (files, None)
+    };
     let name = skill::declared_name(&files).map_err(|e| skill_error(e, Origin::Client))?;
+    if let Some(folder) = folder
+        && folder != name
+    {
+        return Err(ApiError::invalid_field(
+            "SKILL.md: name",
+            format!("`{name}` must equal the name of its folder, `{folder}`"),
+        ));
+    }
     let source = SkillSource {
         kind: "upload".into(),
         location: name,
