@@ -19,6 +19,17 @@ use serde_json::{Value, json};
 const SECRET: &[u8] = b"notification-tests-token-secret-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
 
+/// A server whose users sign in (open mode: a request without a token is the admin).
+async fn start(backend: &TestBackend) -> TestServer {
+    let mut config = config_for(backend);
+    config.auth = AuthConfig {
+        mode: AuthMode::Open,
+        tokens: Some(TokenKeys::new(SECRET)),
+        token_ttl: Duration::from_secs(600),
+    };
+    TestServer::start_with(config).await
+}
+
 async fn member(base: &str, admin: &Api, name: &str) -> (String, Api) {
     signed_in_user(base, admin, name, "member", PASSWORD).await
 }
@@ -56,13 +67,7 @@ async fn rows(db: &ReadDb) -> Vec<Row> {
 }
 
 async fn assignments_and_mentions_reach_the_inbox_once(backend: TestBackend) {
-    let mut config = config_for(&backend);
-    config.auth = AuthConfig {
-        mode: AuthMode::Open,
-        tokens: Some(TokenKeys::new(SECRET)),
-        token_ttl: Duration::from_secs(600),
-    };
-    let server = TestServer::start_with(config).await;
+    let server = start(&backend).await;
     let base = server.url.clone();
     let admin = Api::new(base.clone());
     let (ann_id, ann) = member(&base, &admin, "ann").await;
@@ -189,13 +194,7 @@ fn failing_app(server_url: String, serve_url: String) -> App {
 }
 
 async fn agents_blocked_and_failed_runs_reach_their_owners(backend: TestBackend) {
-    let mut config = config_for(&backend);
-    config.auth = AuthConfig {
-        mode: AuthMode::Open,
-        tokens: Some(TokenKeys::new(SECRET)),
-        token_ttl: Duration::from_secs(600),
-    };
-    let server = TestServer::start_with(config).await;
+    let server = start(&backend).await;
     let base = server.url.clone();
     let admin = Api::new(base.clone());
     let (ann_id, ann) = member(&base, &admin, "ann").await;

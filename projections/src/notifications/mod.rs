@@ -296,40 +296,12 @@ async fn owned(
     let task_agents = tables.get("notification_task_agents");
     let tenant = event.tenant_id();
     let decode_error = |e| ProjectionError::event(event, e);
-    let set_owner = |subject: String, owner: Option<String>| match owner {
-        Some(owner) => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {owners} (tenant_id, subject, owner) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, subject) DO UPDATE SET owner = excluded.owner"
-        )))
-        .bind(tenant)
-        .bind(subject)
-        .bind(owner),
-        None => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {owners} WHERE tenant_id = $1 AND subject = $2"
-        )))
-        .bind(tenant)
-        .bind(subject),
-    };
     let owner_of = |subject: String| {
         sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
             "SELECT owner FROM {owners} WHERE tenant_id = $1 AND subject = $2"
         )))
         .bind(tenant)
         .bind(subject)
-    };
-    let set_task_agent = |task_id: String, agent: Option<String>| match agent {
-        Some(agent) => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {task_agents} (tenant_id, task_id, agent_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, task_id) DO UPDATE SET agent_id = excluded.agent_id"
-        )))
-        .bind(tenant)
-        .bind(task_id)
-        .bind(agent),
-        None => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {task_agents} WHERE tenant_id = $1 AND task_id = $2"
-        )))
-        .bind(tenant)
-        .bind(task_id),
     };
     let agent_of = |assignee: &Option<Assignee>| match assignee {
         Some(Assignee::Agent(agent)) => Some(agent.to_string()),
@@ -342,24 +314,29 @@ async fn owned(
                 return Ok(Vec::new());
             };
             if actor.kind == ActorKind::User {
-                set_owner(format!("agent:{agent_id}"), Some(actor.id.clone()))
-                    .execute(&mut **tx)
-                    .await?;
+                let owner = Some(actor.id.clone());
+                let subject = format!("agent:{agent_id}");
+                put_or_delete(tx, owners, tenant, ("subject", subject), ("owner", owner)).await?;
             }
         }
         "app.owner_set" => {
             let AppOwnerEvent::OwnerSet { app_id, owner, .. } =
                 event.decode().map_err(decode_error)?;
-            set_owner(format!("app:{app_id}"), owner)
-                .execute(&mut **tx)
-                .await?;
+            let subject = format!("app:{app_id}");
+            put_or_delete(tx, owners, tenant, ("subject", subject), ("owner", owner)).await?;
         }
         "task.created" => {
             let TaskBoardEvent::Created(created) = event.decode().map_err(decode_error)?;
             if let Some(agent) = agent_of(&created.assignee) {
-                set_task_agent(created.task_id.to_string(), Some(agent))
-                    .execute(&mut **tx)
-                    .await?;
+                let task = created.task_id.to_string();
+                put_or_delete(
+                    tx,
+                    task_agents,
+                    tenant,
+                    ("task_id", task),
+                    ("agent_id", Some(agent)),
+                )
+                .await?;
             }
         }
         "task.assigned" => {
@@ -367,9 +344,15 @@ async fn owned(
                 return Ok(Vec::new());
             };
             let task_id = event.stream_id.trim_start_matches("task-").to_owned();
-            set_task_agent(task_id, agent_of(&assignee))
-                .execute(&mut **tx)
-                .await?;
+            let agent = agent_of(&assignee);
+            put_or_delete(
+                tx,
+                task_agents,
+                tenant,
+                ("task_id", task_id),
+                ("agent_id", agent),
+            )
+            .await?;
         }
         "task.status_changed" => {
             let TaskEvent::StatusChanged { to, .. } = event.decode().map_err(decode_error)? else {
@@ -437,4 +420,38 @@ async fn owned(
         _ => {}
     }
     Ok(Vec::new())
+}
+
+/// Sets `column` of the row of `tenant` and a key in `table` (a helper table of this
+/// projection keyed by tenant and one more column), or deletes the row for `None`.
+async fn put_or_delete(
+    tx: &mut Transaction<'static, Any>,
+    table: &str,
+    tenant: &str,
+    (key_column, key): (&str, String),
+    (column, value): (&str, Option<String>),
+) -> Result<(), ProjectionError> {
+    match value {
+        Some(value) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (tenant_id, {key_column}, {column}) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, {key_column}) DO UPDATE SET {column} = excluded.{column}"
+            )))
+            .bind(tenant)
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+        }
+        None => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE tenant_id = $1 AND {key_column} = $2"
+            )))
+            .bind(tenant)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
