@@ -405,19 +405,8 @@ async fn a_zipped_skill_folder_uploads(backend: TestBackend) {
     let send = |bytes: Vec<u8>| {
         let api = api.clone();
         async move {
-            let response = api
-                .http
-                .post(format!("{}/api/v1/skills/upload", api.base))
-                .header("content-type", "application/zip")
-                .body(bytes)
-                .send()
+            api.post_bytes("/api/v1/skills/upload", "application/zip", bytes)
                 .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
         }
     };
     let skill_md = b"---\nname: release-notes\ndescription: How we write release notes.\n---\nLead with the user.";

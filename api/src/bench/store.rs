@@ -428,29 +428,23 @@ fn run_events(run_id: Uuid) -> Vec<NewEvent> {
 }
 
 async fn fill_runs(store: &Arc<dyn EventStore>, runs: u64, writers: u64) -> anyhow::Result<()> {
-    let mut tasks = Vec::new();
-    for w in 0..writers {
+    let store = store.clone();
+    super::split_among_writers(runs, writers, move |_| {
         let store = store.clone();
-        let count = runs / writers + u64::from(w < runs % writers);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..count {
-                let run_id = Uuid::now_v7();
-                store
-                    .append(
-                        &flowforge_domain::run::stream_id(run_id),
-                        flowforge_domain::run::STREAM_TYPE,
-                        ExpectedVersion::NoStream,
-                        run_events(run_id),
-                    )
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
+        async move {
+            let run_id = Uuid::now_v7();
+            store
+                .append(
+                    &flowforge_domain::run::stream_id(run_id),
+                    flowforge_domain::run::STREAM_TYPE,
+                    ExpectedVersion::NoStream,
+                    run_events(run_id),
+                )
+                .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn subscriber_lag(

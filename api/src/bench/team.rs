@@ -216,43 +216,36 @@ async fn seed_comments(
     count: u64,
     writers: u64,
 ) -> anyhow::Result<()> {
-    let mut handles = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        let tasks = tasks.clone();
-        let mine = count / writers + u64::from(w < count % writers);
-        handles.push(tokio::spawn(async move {
-            for i in 0..mine {
-                let comment_id = Uuid::now_v7();
-                let task = tasks[((i * writers + w) as usize * 7919) % tasks.len()];
-                let event = CommentEvent::Posted {
-                    comment_id,
-                    target: CommentTarget::Task(task),
-                    author: Member::User(format!("user-{}", i % 50)),
-                    body: format!(
-                        "Looked at this: {} again after {}.",
-                        WORDS[(i % 8) as usize],
-                        i
-                    ),
-                    mentions: Vec::new(),
-                    at: Utc::now(),
-                };
-                store
-                    .append(
-                        &flowforge_domain::comment::stream_id(comment_id),
-                        flowforge_domain::comment::STREAM_TYPE,
-                        ExpectedVersion::NoStream,
-                        vec![NewEvent::from_domain(&event, metadata())],
-                    )
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for handle in handles {
-        handle.await??;
-    }
-    Ok(())
+    let (store, tasks) = (store.clone(), tasks.clone());
+    super::split_among_writers(count, writers, move |n| {
+        let (store, tasks) = (store.clone(), tasks.clone());
+        async move {
+            let comment_id = Uuid::now_v7();
+            let task = tasks[(n as usize * 7919) % tasks.len()];
+            let event = CommentEvent::Posted {
+                comment_id,
+                target: CommentTarget::Task(task),
+                author: Member::User(format!("user-{}", n % 50)),
+                body: format!(
+                    "Looked at this: {} again after {}.",
+                    WORDS[(n % 8) as usize],
+                    n
+                ),
+                mentions: Vec::new(),
+                at: Utc::now(),
+            };
+            store
+                .append(
+                    &flowforge_domain::comment::stream_id(comment_id),
+                    flowforge_domain::comment::STREAM_TYPE,
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::from_domain(&event, metadata())],
+                )
+                .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// One task with `count` edits after its creation; returns it and the global
