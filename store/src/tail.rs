@@ -121,6 +121,38 @@ impl LogTail {
         }
     }
 
+    /// Events this process's writer has just committed, handed over so the window need
+    /// not read them back from the store. They are taken only when they continue the
+    /// window exactly (positions `end + 1`, `end + 2`, …): those positions are theirs,
+    /// so no other transaction can still commit an event among them and the window
+    /// stays exactly what the store would return. Otherwise (another writer in between,
+    /// a gap the sequence left) the follower reads them from the store as before.
+    pub fn offer(&self, mut events: Vec<StoredEvent>) -> bool {
+        events.sort_by_key(|e| e.global_position);
+        let Some(last) = events.last().map(|e| e.global_position) else {
+            return false;
+        };
+        {
+            let window = self.window.read().unwrap_or_else(|p| p.into_inner());
+            let continues = window.end != u64::MAX
+                && events
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.global_position == window.end + 1 + i as u64);
+            if !continues {
+                return false;
+            }
+        }
+        // `extend` ignores what it already holds, so a follower that read the same
+        // events in between does no harm.
+        self.extend(events, last);
+        true
+    }
+
+    fn end_position(&self) -> u64 {
+        self.window.read().unwrap_or_else(|p| p.into_inner()).end
+    }
+
     fn extend(&self, batch: Vec<StoredEvent>, scanned_to: u64) {
         let end = {
             let mut window = self.window.write().unwrap_or_else(|p| p.into_inner());
@@ -235,6 +267,17 @@ where
         ) else {
             return; // the store or every subscriber is gone
         };
+        // Our own commits are handed over by the writer (`offer`): read the store only
+        // when a commit was announced past the window, or after a quiet while (a commit
+        // by another process that no notification reached).
+        let mut watch = store.head_watch();
+        if watch.mark_seen() <= position {
+            let announced = tokio::time::timeout(READ_TIMEOUT, watch.changed()).await;
+            let end = tail.upgrade().map_or(u64::MAX, |t| t.end_position());
+            if matches!(announced, Ok(true)) && watch.latest() <= end {
+                continue;
+            }
+        }
         // A direct subscription (never through a tail), re-made on each turn so that
         // holding it does not keep the store alive.
         let mut subscription = LogSubscription::direct(store, position, LogFilter::all());
@@ -422,6 +465,91 @@ mod tests {
             turns.load(Ordering::SeqCst) > 3,
             "the follower ran again after its panic"
         );
+        drop(tail);
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_writer_hands_over_commits_that_continue_the_window_and_nothing_else() {
+        let tail = tail_at_ten();
+        let all = LogFilter::all();
+        assert!(
+            tail.offer(vec![event(12, "a"), event(11, "a")]),
+            "order within a commit does not matter"
+        );
+        assert_eq!(positions(tail.read_after(10, 10, &all)), (vec![11, 12], 12));
+        assert_eq!(*tail.watch().borrow(), 12);
+        // 13 is missing (another writer's, or a gap): only a read of the store can say.
+        assert!(!tail.offer(vec![event(14, "a")]));
+        assert!(!tail.offer(vec![event(13, "a"), event(15, "a")]));
+        assert!(matches!(tail.read_after(12, 10, &all), TailRead::CaughtUp));
+        assert!(!tail.offer(Vec::new()));
+        let unknown = LogTail::start(|| None);
+        assert!(
+            !unknown.offer(vec![event(1, "a")]),
+            "a tail that does not know the head"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_sqlite_writer_hands_over_is_what_the_log_returns() {
+        use crate::sqlite::{SqliteConfig, SqliteEventStore};
+        use crate::{ExpectedVersion, NewEvent, Upcasters};
+
+        let path = std::env::temp_dir().join(format!(
+            "flowforge-tail-offer-{}.sqlite",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = SqliteEventStore::open(&SqliteConfig::new(&path), Upcasters::default())
+            .await
+            .unwrap();
+        let tail = store.shared_tail().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tail.end_position() == u64::MAX {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tail never learnt the head"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let meta = EventMetadata::new(TenantId::new("t"), Actor::system("test"))
+            .with_causation(uuid::Uuid::now_v7());
+        let appends = (0..20).map(|n| {
+            let store = store.clone();
+            let meta = meta.clone();
+            async move {
+                store
+                    .append(
+                        &format!("s-{}", n % 3),
+                        "test",
+                        ExpectedVersion::Any,
+                        vec![
+                            NewEvent::new(
+                                "test.happened",
+                                serde_json::json!({"n": n, "s": "é\"x"}),
+                                meta.clone(),
+                            ),
+                            NewEvent::new("test.again", serde_json::json!([n]), meta),
+                        ],
+                    )
+                    .await
+                    .unwrap()
+            }
+        });
+        futures::future::join_all(appends).await;
+        let stored = store
+            .read_all(0, 100, &LogFilter::all())
+            .await
+            .unwrap()
+            .events;
+        assert_eq!(stored.len(), 40);
+        let TailRead::Events { events: held, .. } = tail.read_after(0, 100, &LogFilter::all())
+        else {
+            panic!("the window does not hold the log");
+        };
+        let as_json = |events: &[StoredEvent]| serde_json::to_value(events).unwrap();
+        assert_eq!(as_json(&held), as_json(&stored));
         drop(tail);
         drop(store);
         let _ = std::fs::remove_file(&path);

@@ -655,6 +655,84 @@ async fn a_subscription_catches_up_then_receives_live_events(backend: Backend) {
     assert_eq!(filtered.position(), store.head_position().await.unwrap());
 }
 
+/// A live subscriber is served from memory (the writer hands its commits to the log
+/// tail): what it receives must be exactly what reading the log returns, upcast alike.
+async fn live_events_are_exactly_what_the_log_returns(backend: Backend) {
+    let upcasters = || {
+        Upcasters::new().register(
+            "thing.renamed",
+            1,
+            |payload| json!({"name": payload["old"]}),
+        )
+    };
+    let store = backend.open(upcasters()).await;
+    let start = store.head_position().await.unwrap();
+    let mut sub = subscribe(store.clone(), start, LogFilter::all());
+    // One event first, so the tail is following by the time the writers start.
+    append_n(&*store, &stream(), 1).await;
+    let mut live = vec![sub.next().await.unwrap()];
+    let writers = (0..25).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let renamed = NewEvent::new(
+                "thing.renamed",
+                json!({"old": format!("é\"{n}")}),
+                meta("t1"),
+            );
+            let noted = event(
+                "thing.noted",
+                json!({"n": n, "nested": {"list": [1, 2.5, null]}}),
+            );
+            store
+                .append(
+                    &format!("live-{}", n % 4),
+                    "thing",
+                    ExpectedVersion::Any,
+                    vec![renamed, noted],
+                )
+                .await
+                .unwrap();
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+    while live.len() < 51 {
+        let next = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("live event arrives")
+            .unwrap();
+        live.push(next);
+    }
+    let logged = store
+        .read_all(start, 100, &LogFilter::all())
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(logged.len(), 51);
+    assert!(live.iter().any(|e| e.event_type == "thing.renamed"));
+    assert!(
+        live.iter()
+            .filter(|e| e.event_type == "thing.renamed")
+            .all(|e| e.schema_version == 2)
+    );
+    assert_eq!(
+        serde_json::to_value(&live).unwrap(),
+        serde_json::to_value(&logged).unwrap()
+    );
+    // And what another process (a fresh store on the same log) reads is the same again.
+    let reopened = backend.open(upcasters()).await;
+    let reread = reopened
+        .read_all(start, 100, &LogFilter::all())
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(
+        serde_json::to_value(&reread).unwrap(),
+        serde_json::to_value(&logged).unwrap()
+    );
+}
+
 /// The sequence-gap problem: writers commit out of position order; a subscriber tailing
 /// the log must see every committed event exactly once, in position order.
 async fn a_subscriber_sees_every_committed_event_once_in_order_under_concurrent_writers(
@@ -926,4 +1004,5 @@ conformance!(
     a_subscription_catches_up_then_receives_live_events,
     a_subscriber_sees_every_committed_event_once_in_order_under_concurrent_writers,
     the_log_cannot_be_changed_at_the_database_level,
+    live_events_are_exactly_what_the_log_returns,
 );

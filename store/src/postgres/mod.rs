@@ -141,20 +141,29 @@ impl PostgresEventStore {
     /// Sends a group of appends in one call. A unique violation means another
     /// transaction raced one of them; the group is then retried one append at a time,
     /// which gives each its own precise answer.
+    ///
+    /// Also returns when the group's events were recorded, when it went through as one
+    /// call (the writer then hands them to the log tail).
     async fn append_group(
         &self,
         group: &[&PendingAppend],
-    ) -> Vec<Result<AppendOutcome, StoreError>> {
+    ) -> (
+        Vec<Result<AppendOutcome, StoreError>>,
+        Option<DateTime<Utc>>,
+    ) {
         match self.call_append(group).await {
-            Ok(results) => results,
+            Ok(answer) => answer,
             Err(error) if is_unique_violation(&error) => {
                 let mut results = Vec::with_capacity(group.len());
                 for append in group {
                     results.push(self.append_alone(append).await);
                 }
-                results
+                (results, None)
             }
-            Err(error) => group.iter().map(|_| Err(shared_error(&error))).collect(),
+            Err(error) => (
+                group.iter().map(|_| Err(shared_error(&error))).collect(),
+                None,
+            ),
         }
     }
 
@@ -163,7 +172,7 @@ impl PostgresEventStore {
         loop {
             attempts += 1;
             let result = match self.call_append(&[append]).await {
-                Ok(mut results) => results.pop().unwrap_or(Err(StoreError::Backend(
+                Ok((mut results, _)) => results.pop().unwrap_or(Err(StoreError::Backend(
                     "event_log_append returned no result".into(),
                 ))),
                 Err(error) if is_unique_violation(&error) => {
@@ -182,10 +191,18 @@ impl PostgresEventStore {
         }
     }
 
+    /// One call of `event_log_append` for the group: each append's outcome, and when the
+    /// inserted events were recorded (the transaction's time, the same for all).
     async fn call_append(
         &self,
         group: &[&PendingAppend],
-    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, sqlx::Error> {
+    ) -> Result<
+        (
+            Vec<Result<AppendOutcome, StoreError>>,
+            Option<DateTime<Utc>>,
+        ),
+        sqlx::Error,
+    > {
         let mut stream_ids = Vec::with_capacity(group.len());
         let mut stream_types = Vec::with_capacity(group.len());
         let mut expected = Vec::with_capacity(group.len());
@@ -206,7 +223,7 @@ impl PostgresEventStore {
             ids.extend_from_slice(&append.columns.ids);
             types.extend(append.columns.types.iter().map(String::as_str));
             schema_versions.extend_from_slice(&append.columns.schema_versions);
-            payloads.extend(append.columns.payloads.iter().map(String::as_str));
+            payloads.extend(append.columns.payloads.iter().map(|p| p.get()));
             metadata.extend(append.columns.metadata.iter().map(String::as_str));
         }
         let rows = sqlx::query(
@@ -235,6 +252,7 @@ impl PostgresEventStore {
                 })
             })
             .collect();
+        let mut recorded_at = None;
         for row in &rows {
             let index = usize::try_from(row.try_get::<i32, _>(0)?).unwrap_or(0);
             let Some(slot) = index.checked_sub(1).and_then(|i| outcomes.get_mut(i)) else {
@@ -245,6 +263,11 @@ impl PostgresEventStore {
             let detail: Option<String> = row.try_get(4)?;
             match status {
                 "ok" | "stored" => {
+                    if status == "ok" && recorded_at.is_none() {
+                        recorded_at = detail
+                            .and_then(|d| d.parse::<i64>().ok())
+                            .and_then(DateTime::from_timestamp_micros);
+                    }
                     if let Ok(outcome) = slot {
                         outcome.already_stored = status == "stored";
                         outcome.events.push(AppendedEvent {
@@ -284,7 +307,7 @@ impl PostgresEventStore {
                 });
             }
         }
-        Ok(outcomes)
+        Ok((outcomes, recorded_at))
     }
 
     /// A lone append hit a unique index: either the same events were appended
@@ -382,16 +405,63 @@ impl PostgresEventStore {
         self.inner.upcasters.apply(&mut event);
         Ok(event)
     }
+
+    /// The events a group inserted, as a reader of the log will see them.
+    fn committed_events(
+        &self,
+        group: &[PendingAppend],
+        results: &[Result<AppendOutcome, StoreError>],
+        recorded_at: DateTime<Utc>,
+    ) -> Vec<StoredEvent> {
+        let mut events = Vec::new();
+        for (append, result) in group.iter().zip(results) {
+            let Ok(outcome) = result else { continue };
+            if outcome.already_stored {
+                continue;
+            }
+            let columns = &append.columns;
+            // The i-th event of an append took the i-th version after the stream's last.
+            let first = outcome
+                .events
+                .iter()
+                .map(|e| e.stream_version)
+                .min()
+                .unwrap_or(1);
+            for at in &outcome.events {
+                let Some(i) = usize::try_from(at.stream_version - first)
+                    .ok()
+                    .filter(|i| *i < columns.ids.len())
+                else {
+                    return Vec::new();
+                };
+                let mut event = StoredEvent {
+                    event_id: columns.ids[i],
+                    stream_id: append.stream_id.clone(),
+                    stream_type: append.stream_type.clone(),
+                    stream_version: at.stream_version,
+                    global_position: at.global_position,
+                    event_type: columns.types[i].clone(),
+                    schema_version: u32::try_from(columns.schema_versions[i]).unwrap_or(1),
+                    payload: columns.payloads[i].clone(),
+                    metadata: columns.metadata_values[i].clone(),
+                    recorded_at,
+                };
+                self.inner.upcasters.apply(&mut event);
+                events.push(event);
+            }
+        }
+        events
+    }
 }
 
 struct AppendColumns {
     ids: Vec<Uuid>,
     types: Vec<String>,
     schema_versions: Vec<i32>,
-    /// JSON text.
-    payloads: Vec<String>,
+    payloads: Vec<Box<serde_json::value::RawValue>>,
     /// JSON text.
     metadata: Vec<String>,
+    metadata_values: Vec<flowforge_domain::EventMetadata>,
 }
 
 impl AppendColumns {
@@ -402,6 +472,7 @@ impl AppendColumns {
             schema_versions: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
             metadata: Vec::with_capacity(events.len()),
+            metadata_values: Vec::with_capacity(events.len()),
         };
         for event in events {
             columns.ids.push(event.event_id);
@@ -409,11 +480,15 @@ impl AppendColumns {
             columns
                 .schema_versions
                 .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-            columns.payloads.push(event.payload.to_string());
+            columns.payloads.push(
+                serde_json::value::to_raw_value(&event.payload)
+                    .map_err(|e| StoreError::Backend(format!("payload: {e}")))?,
+            );
             columns.metadata.push(
                 serde_json::to_string(&event.metadata)
                     .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?,
             );
+            columns.metadata_values.push(event.metadata);
         }
         Ok(columns)
     }
@@ -477,7 +552,7 @@ async fn write_appends(
         let Some(inner) = store.upgrade() else { return };
         let store = PostgresEventStore { inner };
         let refs: Vec<&PendingAppend> = group.iter().collect();
-        let results = store.append_group(&refs).await;
+        let (results, recorded_at) = store.append_group(&refs).await;
         let last = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -485,6 +560,12 @@ async fn write_appends(
             .map(AppendOutcome::last_position)
             .max();
         if let Some(last) = last {
+            // The tail first, so that a reader woken by the announcement finds the events
+            // in memory. Without the time they were recorded (the group was retried one
+            // append at a time) the follower reads them instead.
+            if let (Some(tail), Some(recorded_at)) = (store.inner.tail.get(), recorded_at) {
+                tail.offer(store.committed_events(&group, &results, recorded_at));
+            }
             store.inner.notifier.advance(last);
             store.inner.announce.send_if_modified(|head| {
                 if last > *head {

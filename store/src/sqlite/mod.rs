@@ -97,7 +97,8 @@ struct Inner {
     writer: mpsc::Sender<AppendRequest>,
     notifier: HeadNotifier,
     upcasters: Upcasters,
-    tail: std::sync::OnceLock<Arc<crate::tail::LogTail>>,
+    /// Shared with the writer, which hands every commit to the tail (see `LogTail::offer`).
+    tail: Arc<std::sync::OnceLock<Arc<crate::tail::LogTail>>>,
 }
 
 struct AppendRequest {
@@ -129,14 +130,23 @@ impl SqliteEventStore {
             .await?;
         let notifier = HeadNotifier::new(to_u64(head));
         let (tx, rx) = mpsc::channel(4_096);
-        tokio::spawn(write_loop(writer, rx, notifier.clone()));
+        let tail = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(write_loop(
+            writer,
+            rx,
+            Committed {
+                notifier: notifier.clone(),
+                tail: tail.clone(),
+                upcasters: upcasters.clone(),
+            },
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 readers,
                 writer: tx,
                 notifier,
                 upcasters,
-                tail: std::sync::OnceLock::new(),
+                tail,
             }),
         })
     }
@@ -303,10 +313,17 @@ async fn run_migrations(conn: &mut SqliteConnection) -> Result<(), sqlx::migrate
     MIGRATOR.run_direct(None, conn, false).await
 }
 
+/// Where the writer announces what it committed.
+struct Committed {
+    notifier: HeadNotifier,
+    tail: Arc<std::sync::OnceLock<Arc<crate::tail::LogTail>>>,
+    upcasters: Upcasters,
+}
+
 async fn write_loop(
     mut conn: SqliteConnection,
     mut requests: mpsc::Receiver<AppendRequest>,
-    notifier: HeadNotifier,
+    committed: Committed,
 ) {
     while let Some(first) = requests.recv().await {
         let mut events = first.events.len();
@@ -320,15 +337,23 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &batch).await;
-        if let Some(last) = results
+        let (results, mut fresh) = commit_group(&mut conn, &batch).await;
+        let last = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
             .filter(|o| !o.already_stored)
             .map(AppendOutcome::last_position)
-            .max()
-        {
-            notifier.advance(last);
+            .max();
+        if let Some(last) = last {
+            // The tail first, so that a reader woken by the announcement finds the events
+            // in memory rather than asking the store for them.
+            if let Some(tail) = committed.tail.get() {
+                for event in &mut fresh {
+                    committed.upcasters.apply(event);
+                }
+                tail.offer(fresh);
+            }
+            committed.notifier.advance(last);
         }
         for (request, result) in batch.into_iter().zip(results) {
             // The caller may have given up waiting; its append stands regardless.
@@ -338,47 +363,50 @@ async fn write_loop(
 }
 
 /// Applies a group of appends in one transaction. Each append is checked before it
-/// writes, so a refused append leaves no trace and does not affect the others.
+/// writes, so a refused append leaves no trace and does not affect the others. Also
+/// returns the events committed (not those of idempotent retries), as stored.
 async fn commit_group(
     conn: &mut SqliteConnection,
     batch: &[AppendRequest],
-) -> Vec<Result<AppendOutcome, StoreError>> {
-    if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        let message = error.to_string();
-        return batch
+) -> (Vec<Result<AppendOutcome, StoreError>>, Vec<StoredEvent>) {
+    let failed_all = |what: &str, message: String| {
+        batch
             .iter()
-            .map(|_| Err(StoreError::Backend(format!("begin: {message}"))))
-            .collect();
+            .map(|_| Err(StoreError::Backend(format!("{what}: {message}"))))
+            .collect()
+    };
+    if let Err(error) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        return (failed_all("begin", error.to_string()), Vec::new());
     }
     let now = Utc::now().timestamp_micros();
     let mut results = Vec::with_capacity(batch.len());
+    let mut fresh = Vec::new();
     for request in batch {
-        results.push(apply_append(conn, request, now).await);
+        results.push(apply_append(conn, request, now, &mut fresh).await);
     }
     match sqlx::query("COMMIT").execute(&mut *conn).await {
-        Ok(_) => results,
+        Ok(_) => (results, fresh),
         Err(error) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             let message = error.to_string();
             tracing::error!(%message, "event log commit failed");
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Backend(format!("commit: {message}"))))
-                .collect()
+            (failed_all("commit", message), Vec::new())
         }
     }
 }
 
+/// Writes one append inside the group's transaction, adding its events to `fresh`.
+///
+/// The common case costs two statements: the stream's version, then one insert. Whether
+/// the append is a retry of one already stored (same event ids) is only asked when the
+/// version check or the insert refuses it, which is where such a retry ends up.
 async fn apply_append(
     conn: &mut SqliteConnection,
     request: &AppendRequest,
     recorded_at: i64,
+    fresh: &mut Vec<StoredEvent>,
 ) -> Result<AppendOutcome, StoreError> {
     let ids: Vec<Uuid> = request.events.iter().map(|e| e.event_id).collect();
-    if let Some(outcome) = stored_positions(conn, &request.stream_id, &ids).await? {
-        return Ok(outcome);
-    }
-
     let current: Option<(i64, String)> = sqlx::query_as(
         "SELECT stream_version, stream_type FROM event_log WHERE stream_id = $1 \
          ORDER BY stream_version DESC LIMIT 1",
@@ -391,6 +419,9 @@ async fn apply_append(
         None => (0, None),
     };
     if let Some(actual) = stream_type.filter(|t| *t != request.stream_type) {
+        if let Some(outcome) = stored_positions(conn, &request.stream_id, &ids).await? {
+            return Ok(outcome);
+        }
         return Err(StoreError::StreamTypeMismatch {
             stream_id: request.stream_id.clone(),
             actual,
@@ -398,6 +429,9 @@ async fn apply_append(
         });
     }
     if !request.expected.accepts(version) {
+        if let Some(outcome) = stored_positions(conn, &request.stream_id, &ids).await? {
+            return Ok(outcome);
+        }
         return Err(StoreError::Conflict {
             stream_id: request.stream_id.clone(),
             expected: request.expected,
@@ -405,56 +439,135 @@ async fn apply_append(
         });
     }
 
+    // An append of several statements must not leave its first rows behind when a later
+    // one is refused: it gets a savepoint (one statement needs none, as a refused
+    // statement undoes itself).
+    let chunked = request.events.len() > ROWS_PER_INSERT;
+    if chunked {
+        sqlx::query("SAVEPOINT append").execute(&mut *conn).await?;
+    }
+    let inserted = insert_events(conn, request, version, recorded_at).await;
+    if chunked {
+        let end = if inserted.is_ok() {
+            "RELEASE append"
+        } else {
+            "ROLLBACK TO append; RELEASE append"
+        };
+        sqlx::raw_sql(end).execute(&mut *conn).await?;
+    }
+    match inserted {
+        Ok((appended, mut events)) => {
+            fresh.append(&mut events);
+            Ok(AppendOutcome {
+                events: appended,
+                already_stored: false,
+            })
+        }
+        Err(InsertError::Duplicate) => {
+            match stored_positions(conn, &request.stream_id, &ids).await? {
+                Some(outcome) => Ok(outcome),
+                // Part of the batch is already stored: not a retry of one earlier append.
+                None => Err(StoreError::IdempotencyMismatch {
+                    event_id: request.events[0].event_id,
+                }),
+            }
+        }
+        Err(InsertError::Store(error)) => Err(error),
+    }
+}
+
+enum InsertError {
+    /// An event id is already in the log.
+    Duplicate,
+    Store(StoreError),
+}
+
+impl From<StoreError> for InsertError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<sqlx::Error> for InsertError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unique_violation(&error) {
+            Self::Duplicate
+        } else {
+            Self::Store(error.into())
+        }
+    }
+}
+
+/// Inserts an append's events after stream version `version`; returns where they landed
+/// and the events as a reader of the log will see them.
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    request: &AppendRequest,
+    version: u64,
+    recorded_at: i64,
+) -> Result<(Vec<AppendedEvent>, Vec<StoredEvent>), InsertError> {
+    let recorded = DateTime::from_timestamp_micros(recorded_at).unwrap_or_else(Utc::now);
     let mut appended = Vec::with_capacity(request.events.len());
+    let mut stored = Vec::with_capacity(request.events.len());
     let mut next_version = version;
     for chunk in request.events.chunks(ROWS_PER_INSERT) {
-        let mut metadata = Vec::with_capacity(chunk.len());
+        let mut encoded = Vec::with_capacity(chunk.len());
         for event in chunk {
-            metadata.push(
-                serde_json::to_string(&event.metadata)
-                    .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?,
-            );
+            let payload = serde_json::value::to_raw_value(&event.payload)
+                .map_err(|e| StoreError::Backend(format!("payload: {e}")))?;
+            let metadata = serde_json::to_string(&event.metadata)
+                .map_err(|e| StoreError::Backend(format!("metadata: {e}")))?;
+            encoded.push((payload, metadata));
         }
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO event_log (event_id, stream_id, stream_type, stream_version, event_type, \
              schema_version, tenant_id, payload, metadata, recorded_at) ",
         );
-        insert.push_values(chunk.iter().zip(metadata), |mut row, (event, metadata)| {
-            next_version += 1;
-            row.push_bind(event.event_id)
-                .push_bind(&request.stream_id)
-                .push_bind(&request.stream_type)
-                .push_bind(to_i64(next_version))
-                .push_bind(&event.event_type)
-                .push_bind(i64::from(event.schema_version))
-                .push_bind(&request.tenant)
-                .push_bind(event.payload.to_string())
-                .push_bind(metadata)
-                .push_bind(recorded_at);
-        });
+        let first_version = next_version;
+        insert.push_values(
+            chunk.iter().zip(&encoded),
+            |mut row, (event, (payload, metadata))| {
+                next_version += 1;
+                row.push_bind(event.event_id)
+                    .push_bind(&request.stream_id)
+                    .push_bind(&request.stream_type)
+                    .push_bind(to_i64(next_version))
+                    .push_bind(&event.event_type)
+                    .push_bind(i64::from(event.schema_version))
+                    .push_bind(&request.tenant)
+                    .push_bind(payload.get())
+                    .push_bind(metadata)
+                    .push_bind(recorded_at);
+            },
+        );
         insert.push(" RETURNING global_position, stream_version");
-        let rows = match insert.build().fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            Err(error) if is_unique_violation(&error) => {
-                // Part of the batch is already stored: not a retry of one earlier append.
-                return Err(StoreError::IdempotencyMismatch {
-                    event_id: request.events[0].event_id,
-                });
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let rows = insert.build().fetch_all(&mut *conn).await?;
+        let mut landed = Vec::with_capacity(rows.len());
         for row in rows {
-            appended.push(AppendedEvent {
-                global_position: to_u64(row.try_get::<i64, _>(0)?),
-                stream_version: to_u64(row.try_get::<i64, _>(1)?),
+            landed.push(AppendedEvent {
+                global_position: to_u64(row.try_get::<i64, _>(0).map_err(InsertError::from)?),
+                stream_version: to_u64(row.try_get::<i64, _>(1).map_err(InsertError::from)?),
             });
         }
+        landed.sort_by_key(|e| e.stream_version);
+        for (i, ((event, (payload, _)), at)) in chunk.iter().zip(encoded).zip(&landed).enumerate() {
+            debug_assert_eq!(at.stream_version, first_version + 1 + i as u64);
+            stored.push(StoredEvent {
+                event_id: event.event_id,
+                stream_id: request.stream_id.clone(),
+                stream_type: request.stream_type.clone(),
+                stream_version: at.stream_version,
+                global_position: at.global_position,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                payload,
+                metadata: event.metadata.clone(),
+                recorded_at: recorded,
+            });
+        }
+        appended.extend(landed);
     }
-    appended.sort_by_key(|e| e.stream_version);
-    Ok(AppendOutcome {
-        events: appended,
-        already_stored: false,
-    })
+    Ok((appended, stored))
 }
 
 /// The stored positions of a batch whose first event is already in the log.
