@@ -149,8 +149,30 @@ pub trait DocumentProjection: Send + Sync + 'static {
 /// Adapts a [`DocumentProjection`] to [`Projection`].
 pub struct Documents<P>(pub P);
 
-/// Bound parameters per statement, under SQLite's limit of 32,766.
-const MAX_PARAMS: usize = 30_000;
+/// Rows (or keys) per statement at most.
+///
+/// A statement's text depends on how many rows it carries, and a text the connection
+/// has not seen must be parsed and planned again: with any count allowed, nearly every
+/// batch paid that, and on SQLite binding also grows with the square of the
+/// placeholders. So a batch is cut into pieces of power-of-two sizes up to this bound:
+/// a few shapes per table, each prepared once and then taken from the statement cache.
+const MAX_ROWS_PER_STATEMENT: usize = 32;
+
+/// `items` cut into pieces of 32, 16, …, 1 (largest first), so that every piece has one
+/// of a few sizes.
+fn statement_sized<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = rest.len().min(MAX_ROWS_PER_STATEMENT);
+        let size = 1 << size.ilog2();
+        let (piece, after) = rest.split_at(size);
+        rest = after;
+        Some(piece)
+    })
+}
 
 #[async_trait]
 impl<P: DocumentProjection> Projection for Documents<P> {
@@ -224,7 +246,7 @@ async fn load<D: Document>(
 ) -> Result<HashMap<String, Option<D>>, ProjectionError> {
     let mut found = HashMap::with_capacity(keys.len());
     let columns = D::COLUMNS.join(", ");
-    for chunk in keys.chunks(MAX_PARAMS) {
+    for chunk in statement_sized(keys) {
         let mut statement = Statement::new(format!(
             "SELECT {columns} FROM {table} WHERE {} IN (",
             D::COLUMNS[0]
@@ -252,11 +274,9 @@ async fn upsert<D: Document>(
         .map(|c| format!("{c} = excluded.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let rows_per_statement = (MAX_PARAMS / D::COLUMNS.len()).max(1);
-    let mut docs = docs.into_iter().peekable();
-    while docs.peek().is_some() {
+    for piece in statement_sized(&docs) {
         let mut statement = Statement::new(format!("INSERT INTO {table} ({columns}) VALUES "));
-        for (i, doc) in docs.by_ref().take(rows_per_statement).enumerate() {
+        for (i, doc) in piece.iter().enumerate() {
             statement.push(if i == 0 { "(" } else { ", (" });
             for (j, value) in doc.values().into_iter().enumerate() {
                 if j > 0 {
@@ -280,7 +300,7 @@ async fn delete<D: Document>(
     table: &str,
     keys: &[String],
 ) -> Result<(), ProjectionError> {
-    for chunk in keys.chunks(MAX_PARAMS) {
+    for chunk in statement_sized(keys) {
         let mut statement =
             Statement::new(format!("DELETE FROM {table} WHERE {} IN (", D::COLUMNS[0]));
         in_list(&mut statement, chunk);
@@ -297,4 +317,24 @@ fn in_list(statement: &mut Statement, keys: &[String]) {
         statement.bind(SqlValue::Text(Some(key.clone())));
     }
     statement.push(")");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_into_power_of_two_pieces_that_cover_it_in_order() {
+        for n in 0..200usize {
+            let items: Vec<usize> = (0..n).collect();
+            let pieces: Vec<&[usize]> = statement_sized(&items).collect();
+            assert_eq!(pieces.concat(), items, "n = {n}");
+            for piece in &pieces {
+                assert!(piece.len().is_power_of_two() && piece.len() <= MAX_ROWS_PER_STATEMENT);
+            }
+        }
+        let items = vec![0; 77];
+        let sizes: Vec<usize> = statement_sized(&items).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![32, 32, 8, 4, 1]);
+    }
 }
