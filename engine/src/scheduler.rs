@@ -132,8 +132,11 @@ pub struct Scheduler {
     throttles: HashMap<(Space, String, String), DateTime<Utc>>,
     /// Loading the runs that were active when this scheduler took over.
     recovering: bool,
-    /// Due calls of limited functions found while recovering, not recorded as held.
-    recovered: Vec<(Job, Vec<Need>, i64)>,
+    /// Due calls of limited functions found while recovering, not recorded as held, with
+    /// the log position of their run's last event and their line order.
+    recovered: Vec<(Job, Vec<Need>, u64, i64)>,
+    /// While recovering: the position of each loaded run's last event.
+    recovered_positions: HashMap<Uuid, u64>,
     /// The run of each (function, key) still collecting events (debounce, batch).
     collecting: HashMap<(Space, String, String), Collecting>,
     /// The key each collecting run is open for (a timer finds its run's entry).
@@ -232,6 +235,7 @@ impl Scheduler {
             throttles: HashMap::new(),
             recovering: true,
             recovered: Vec::new(),
+            recovered_positions: HashMap::new(),
             collecting: HashMap::new(),
             collecting_key: HashMap::new(),
             closing: HashMap::new(),
@@ -246,12 +250,17 @@ impl Scheduler {
         }
         scheduler.recovering = false;
         // Due calls not recorded as held were queued by the previous scheduler, and
-        // most are executing. They keep their slots in line order; a call the previous
-        // scheduler held back but died before recording (more of them than the limit)
-        // is held now, the latest first, as the previous scheduler would have.
+        // most are executing. It gave slots in the order it read the log, so they get
+        // them again in that order (by the position of their run's last event, which
+        // made the call due): the calls that are executing keep their slots. Line order
+        // would not do: a run that arrived first may have been committed later, and
+        // holding the call that is executing gave its slot to a second call at once.
+        // A call the previous scheduler held back but died before recording (more of
+        // them than the limit) is held now, the latest first, as it would have been.
+        scheduler.recovered_positions.clear();
         let mut recovered = std::mem::take(&mut scheduler.recovered);
-        recovered.sort_by_key(|(_, _, order)| *order);
-        for (job, needs, order) in recovered {
+        recovered.sort_by_key(|(_, _, due_at, order)| (*due_at, *order));
+        for (job, needs, _, order) in recovered {
             scheduler.acquire(job, needs, order, checkpoint);
         }
         // Calls recorded as held whose limit has room now (slots freed while no
@@ -433,6 +442,10 @@ impl Scheduler {
             return Ok(());
         }
         if self.recovering {
+            if let Some(last) = stored.last() {
+                self.recovered_positions
+                    .insert(run_id, last.global_position);
+            }
             let space = Space::new(tenant, state.environment);
             self.recover_throttle(&space, &state);
             self.recover_collecting(run_id, &space, &state);
@@ -783,7 +796,13 @@ impl Scheduler {
             return;
         }
         if self.recovering {
-            self.recovered.push((job, needs, arrived - priority));
+            let due_at = self
+                .recovered_positions
+                .get(&job.run_id)
+                .copied()
+                .unwrap_or(u64::MAX);
+            self.recovered
+                .push((job, needs, due_at, arrived - priority));
             return;
         }
         self.acquire(job, needs, arrived - priority, position);
