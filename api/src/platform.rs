@@ -64,6 +64,7 @@ impl Platform {
                 let read_db = ReadDb::connect_postgres(url, (*max_connections / 2).max(4))
                     .await
                     .context("opening the read-model database")?;
+                warn_if_pools_crowd_the_server(store.pool(), *max_connections).await;
                 pg_pool = Some(store.pool().clone());
                 let store = Arc::new(store);
                 (store.clone(), store, read_db)
@@ -208,5 +209,31 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Every process opens up to `max_connections` for the log and half as many for the
+/// read models. When several processes together can ask PostgreSQL for more than it
+/// allows, acquires wait and then time out under load ("pool timed out"), which looks
+/// like a FlowForge fault; say so once at start-up instead.
+async fn warn_if_pools_crowd_the_server(pool: &sqlx::PgPool, max_connections: u32) {
+    let per_process = max_connections + (max_connections / 2).max(4);
+    let limit: Result<(String,), sqlx::Error> =
+        sqlx::query_as("SHOW max_connections").fetch_one(pool).await;
+    let Ok(limit) = limit.map(|(v,)| v.parse::<u32>().unwrap_or(0)) else {
+        return;
+    };
+    tracing::info!(
+        per_process,
+        server_max_connections = limit,
+        "PostgreSQL connection budget: each process may open {per_process} connections"
+    );
+    if limit > 0 && per_process * 2 > limit {
+        tracing::warn!(
+            per_process,
+            server_max_connections = limit,
+            "two FlowForge processes could exhaust PostgreSQL's max_connections; \
+             lower FLOWFORGE_DB_MAX_CONNECTIONS or raise max_connections"
+        );
     }
 }

@@ -100,7 +100,11 @@ impl ServerProcess {
         ]);
         process
             .set_env("FLOWFORGE_JWT_SECRET", TEST_JWT_SECRET)
-            .set_env("FLOWFORGE_SIGNING_KEY", TEST_SIGNING_KEY);
+            .set_env("FLOWFORGE_SIGNING_KEY", TEST_SIGNING_KEY)
+            // Tests run side by side on the machine's one PostgreSQL (max_connections
+            // 100): the default pools (32 + 16 per process) of a few clusters at once
+            // would exhaust it and acquires would time out.
+            .set_env("FLOWFORGE_DB_MAX_CONNECTIONS", "8");
         process.database_url = Some(database_url.to_owned());
         process.signing_key = Some(TEST_SIGNING_KEY.to_owned());
         process
