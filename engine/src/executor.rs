@@ -36,15 +36,25 @@ pub async fn work(context: Arc<EngineContext>, worker: usize) {
         let job = delivery.job.clone();
         tracing::debug!(run_id = %job.run_id, token = job.token, "executor: job delivered");
         match execute(&context, &job).await {
-            Ok(next) => {
+            Ok(recorded) => {
                 delivery.ack().await;
                 Metrics::count(&context.metrics.jobs_acked);
-                continue_run(&context, next).await;
+                continue_run(&context, recorded).await;
             }
             // The log could not be read: deliver the job again a little later.
             Err(NotNow) => delivery.retry_later(RETRY_LATER).await,
         }
     }
+}
+
+/// A call's outcome as this worker recorded it.
+pub struct Recorded {
+    job: Job,
+    loaded: Loaded<RunState>,
+    /// The run was held (see [`crate::queue::WorkQueue::hold_run`]) before the outcome
+    /// was appended, so that the next call the outcome makes due stays in this process
+    /// until the worker has decided whether to make it.
+    held: bool,
 }
 
 /// Calls in a row one worker makes for one run before it goes back to the queue (so a
@@ -56,34 +66,21 @@ const MAX_CONTINUATIONS: usize = 16;
 /// outcome back from the log and queue it. It claims the job first, so the scheduler's
 /// dispatch of the same job (which still happens: the log stays the source of work)
 /// is a no-op.
-async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<RunState>)>) {
-    for _ in 0..MAX_CONTINUATIONS {
-        let Some((previous, loaded)) = next.take() else {
-            return;
-        };
-        let now = Utc::now();
-        let Some((target, due)) = loaded
-            .state
-            .due
-            .iter()
-            .find(|(_, due)| due.not_before.is_none_or(|t| t <= now))
-        else {
-            return;
-        };
-        let job = Job {
-            tenant: previous.tenant.clone(),
-            run_id: previous.run_id,
-            target: target.clone(),
-            token: due.token,
-        };
-        // A concurrency limit is counted by the scheduler on the calls it queues: a
-        // call of a limited function must go through it.
-        if limited(context, &previous.tenant, &loaded.state) {
-            return;
+async fn continue_run(context: &EngineContext, mut next: Option<Recorded>) {
+    let mut continued = 0;
+    while let Some(recorded) = next.take() {
+        let claimed = (continued < MAX_CONTINUATIONS)
+            .then(|| due_now(context, &recorded))
+            .flatten()
+            .filter(|job| context.queue.claim(job));
+        if recorded.held {
+            // Other due calls (parallel steps) go to other workers, now.
+            queue_kept_back(context, recorded.job.run_id).await;
         }
-        if !context.queue.claim(&job) {
+        let Some(job) = claimed else {
             return;
-        }
+        };
+        continued += 1;
         let executed = execute(context, &job).await;
         context.queue.release(&job);
         next = match executed {
@@ -94,6 +91,60 @@ async fn continue_run(context: &EngineContext, mut next: Option<(Job, Loaded<Run
                 return;
             }
         };
+    }
+}
+
+/// The run's next call, if it is due now and this worker may make it.
+fn due_now(context: &EngineContext, recorded: &Recorded) -> Option<Job> {
+    let now = Utc::now();
+    let (target, due) = recorded
+        .loaded
+        .state
+        .due
+        .iter()
+        .find(|(_, due)| due.not_before.is_none_or(|t| t <= now))?;
+    // A concurrency limit is counted by the scheduler on the calls it queues: a call of
+    // a limited function must go through it.
+    if limited(context, &recorded.job.tenant, &recorded.loaded.state) {
+        return None;
+    }
+    Some(Job {
+        tenant: recorded.job.tenant.clone(),
+        run_id: recorded.job.run_id,
+        target: target.clone(),
+        token: due.token,
+    })
+}
+
+/// Queues the jobs the scheduler derived for a held run that this worker did not take,
+/// if the run still wants them (by the latest state this process knows; a job it knows
+/// nothing of is queued, and the executor that takes it finds out).
+async fn queue_kept_back(context: &EngineContext, run_id: Uuid) {
+    let kept = context.queue.release_run(run_id);
+    if kept.is_empty() {
+        return;
+    }
+    let latest = context.cache.get(run_id);
+    for (job, attempt) in kept {
+        let still_due = latest.as_ref().is_none_or(|loaded| {
+            loaded
+                .state
+                .due
+                .get(&job.target)
+                .is_some_and(|due| due.token == job.token)
+        });
+        if !still_due {
+            continue;
+        }
+        let queued = if attempt == 0 {
+            context.queue.enqueue(job).await
+        } else {
+            context.queue.requeue(job, attempt).await
+        };
+        if let Err(error) = queued {
+            // The reconciler queues it again when its lease runs out.
+            tracing::warn!(%run_id, %error, "cannot queue a kept-back job");
+        }
     }
 }
 
@@ -123,10 +174,7 @@ const RETRY_LATER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Makes the call a job names, if the run still wants it, and records the outcome.
 /// Returns the run's state after the outcome when this worker recorded it.
-pub async fn execute(
-    context: &EngineContext,
-    job: &Job,
-) -> Result<Option<(Job, Loaded<RunState>)>, NotNow> {
+pub async fn execute(context: &EngineContext, job: &Job) -> Result<Option<Recorded>, NotNow> {
     // `instrument`, not `span.enter()`: a guard held across an await leaves the span
     // entered on whatever task the thread polls next, and tracing-subscriber panics
     // when such a span closes (it killed the shared log tail under debug logging).
@@ -134,10 +182,7 @@ pub async fn execute(
     execute_call(context, job).instrument(span).await
 }
 
-async fn execute_call(
-    context: &EngineContext,
-    job: &Job,
-) -> Result<Option<(Job, Loaded<RunState>)>, NotNow> {
+async fn execute_call(context: &EngineContext, job: &Job) -> Result<Option<Recorded>, NotNow> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
     let load = || async {
         context.commands.load::<Run>(&stream).await.map_err(|error| {
@@ -254,7 +299,7 @@ async fn execute_call(
         request_version,
     )
     .await;
-    Ok(recorded.map(|state| (job.clone(), state)))
+    Ok(recorded)
 }
 
 async fn call_app(
@@ -464,8 +509,14 @@ async fn record(
     outcome: CallOutcome,
     (started_at, finished_at): (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
     request_version: Option<u32>,
-) -> Option<Loaded<RunState>> {
+) -> Option<Recorded> {
     let stream = flowforge_domain::run::stream_id(job.run_id);
+    // On a shared queue the next call can stay in this process only if this process's
+    // scheduler is the one that would queue it.
+    let held = context.queue.shared() && context.is_scheduling();
+    if held {
+        context.queue.hold_run(job.run_id);
+    }
     let meta = EventMetadata::new(TenantId::new(job.tenant.clone()), Actor::system("executor"))
         .in_environment(loaded.state.environment)
         .with_instance(context.config.instance.clone());
@@ -488,12 +539,19 @@ async fn record(
                 context
                     .cache
                     .put(job.run_id, handled.state.clone(), handled.stream_version);
-                return Some(Loaded {
-                    state: handled.state,
-                    version: handled.stream_version,
+                return Some(Recorded {
+                    job: job.clone(),
+                    loaded: Loaded {
+                        state: handled.state,
+                        version: handled.stream_version,
+                    },
+                    held,
                 });
             }
             Err(CommandError::Domain(RunError::StaleCall { .. } | RunError::Finished(_))) => {
+                if held {
+                    queue_kept_back(context, job.run_id).await;
+                }
                 return None;
             }
             Err(CommandError::Store(e)) if e.is_transient() => {
@@ -504,6 +562,9 @@ async fn record(
             }
             Err(error) => {
                 tracing::error!(run_id = %job.run_id, %error, "cannot record a call");
+                if held {
+                    queue_kept_back(context, job.run_id).await;
+                }
                 return None;
             }
         }

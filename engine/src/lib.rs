@@ -149,6 +149,21 @@ pub struct EngineContext {
     pub metrics: Arc<metrics::Metrics>,
     pub signing_keys: Arc<signing::SigningKeys>,
     pub config: EngineConfig,
+    /// This process runs the scheduler now, so the jobs it derives are queued here first
+    /// (which lets executors keep a run's next call in the process, see
+    /// [`queue::WorkQueue::hold_run`]).
+    pub scheduling: std::sync::atomic::AtomicBool,
+}
+
+impl EngineContext {
+    pub fn is_scheduling(&self) -> bool {
+        self.scheduling.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_scheduling(&self, scheduling: bool) {
+        self.scheduling
+            .store(scheduling, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl EngineContext {
@@ -253,11 +268,13 @@ impl Engine {
             metrics,
             signing_keys,
             config,
+            scheduling: std::sync::atomic::AtomicBool::new(false),
         });
         let mut tasks = Vec::new();
         if leadership.is_sole() {
             // Start-up errors surface here rather than in a retry loop.
             let scheduler = scheduler::Scheduler::prepare(context.clone()).await?;
+            context.set_scheduling(true);
             tasks.push(tokio::spawn(scheduler.run()));
         } else {
             // Listen before loading, so no sync falls between the two.
@@ -287,10 +304,12 @@ async fn lead(context: Arc<EngineContext>, leadership: Arc<dyn lease::Leadership
         let mut lease = leadership.acquire(scheduler::NAME).await;
         match scheduler::Scheduler::prepare(context.clone()).await {
             Ok(scheduler) => {
+                context.set_scheduling(true);
                 tokio::select! {
                     _ = scheduler.run() => {}
                     _ = lease.lost() => tracing::warn!("scheduler stopped: its lease was lost"),
                 }
+                context.set_scheduling(false);
             }
             Err(error) => {
                 tracing::error!(%error, "the scheduler cannot start; trying again");

@@ -658,6 +658,102 @@ async fn a_rate_limit_holds_across_processes() {
     assert_eq!(by_user["bob"].len(), 3);
 }
 
+/// Reads one counter from a process's `/metrics`.
+async fn metric(process: &ServerProcess, name: &str) -> u64 {
+    let text = process
+        .http()
+        .get(format!("{}/metrics", process.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+/// On NATS, the process that runs the scheduler makes a run's next call itself rather
+/// than publishing it and taking it back from JetStream; parallel steps still go to
+/// other workers at once instead of waiting for the run to be let go.
+async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    let mut server = ServerProcess::for_backend(&backend);
+    server.with_nats(&nats.url, &nats.prefix, "solo");
+    server.start().await;
+    let api = server.api();
+    let spans: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, std::time::Instant)>>> =
+        Default::default();
+    let recorded = spans.clone();
+    let _app = SdkApp::start_for(&server, move |server_url, serve_url| {
+        let step_of = move |spans: std::sync::Arc<std::sync::Mutex<Vec<_>>>| async move {
+            let started = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            spans
+                .lock()
+                .unwrap()
+                .push((started, std::time::Instant::now()));
+            Ok::<_, Error>(1)
+        };
+        app(server_url, serve_url).function(Function::new("fan").trigger_event("dist/fan").handler(
+            move |_ctx, step| {
+                let (left, right) = (recorded.clone(), recorded.clone());
+                async move {
+                    let (a, b) = tokio::join!(
+                        step.run("left", move || step_of(left)),
+                        step.run("right", move || step_of(right)),
+                    );
+                    Ok(json!(a? + b?))
+                }
+            },
+        ))
+    })
+    .await;
+
+    let delivered_before = metric(&server, "flowforge_jobs_delivered_total").await;
+    let calls_before = metric(&server, "flowforge_calls_total").await;
+    let sent = send_many(&api, 20, 0).await;
+    assert_each_ran_once(&api, &sent, 2, Duration::from_secs(60)).await;
+    let delivered = metric(&server, "flowforge_jobs_delivered_total").await - delivered_before;
+    let calls = metric(&server, "flowforge_calls_total").await - calls_before;
+    eprintln!("{calls} calls, {delivered} of them delivered by JetStream");
+    assert_eq!(calls, 60, "three calls per run");
+    // Each run's first job comes from JetStream; its next ones stay in the process.
+    assert!(
+        delivered <= 30,
+        "{delivered} of {calls} calls went through JetStream: runs are not kept in hand"
+    );
+
+    let (status, body) = api
+        .post("/api/v1/events", &json!({"name": "dist/fan", "data": {}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event_id = body["ids"][0].as_str().unwrap().to_owned();
+    let run_id = api
+        .runs_of_event(&event_id, 1, Duration::from_secs(10))
+        .await[0]
+        .clone();
+    let run = api.finished_run(&run_id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!(2), "{run}");
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 2, "each branch ran once: {spans:?}");
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(
+        last_start < first_end,
+        "the parallel steps ran one after the other: {spans:?}"
+    );
+    nats.assert_drained(Duration::from_secs(10)).await;
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -680,5 +776,6 @@ mod production {
         runs_survive_a_postgres_restart,
         the_scheduler_fails_over_when_its_process_dies,
         a_rate_limit_holds_across_processes,
+        the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps,
     );
 }

@@ -160,8 +160,66 @@ struct Local {
     held: HashMap<String, VecDeque<jetstream::Message>>,
 }
 
+/// Runs this process's executors are working on (see [`WorkQueue::hold_run`]).
+#[derive(Default)]
+struct Holds {
+    /// Per held run: how many holds, and the jobs kept back from the stream meanwhile.
+    runs: HashMap<Uuid, (usize, Vec<(Job, u32)>)>,
+    /// Jobs an executor of this process has claimed and is making.
+    claimed: HashSet<Job>,
+}
+
+impl Holds {
+    /// Whether `job` stays in this process instead of going to the stream.
+    fn keep_back(&mut self, job: &Job, attempt: u32) -> bool {
+        if self.claimed.contains(job) {
+            return true;
+        }
+        let Some((_, kept)) = self.runs.get_mut(&job.run_id) else {
+            return false;
+        };
+        match kept.iter_mut().find(|(kept, _)| kept == job) {
+            Some((_, kept_attempt)) => *kept_attempt = (*kept_attempt).max(attempt),
+            None => kept.push((job.clone(), attempt)),
+        }
+        true
+    }
+
+    fn claim(&mut self, job: &Job) -> bool {
+        if self.claimed.contains(job) {
+            return false;
+        }
+        let Some((_, kept)) = self.runs.get_mut(&job.run_id) else {
+            return false;
+        };
+        kept.retain(|(kept, _)| kept != job);
+        self.claimed.insert(job.clone());
+        true
+    }
+
+    fn hold(&mut self, run_id: Uuid) {
+        self.runs.entry(run_id).or_default().0 += 1;
+    }
+
+    /// Ends one hold; the last one hands back what was kept back.
+    fn release_run(&mut self, run_id: Uuid) -> Vec<(Job, u32)> {
+        let Some((count, _)) = self.runs.get_mut(&run_id) else {
+            return Vec::new();
+        };
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return Vec::new();
+        }
+        self.runs
+            .remove(&run_id)
+            .map(|(_, kept)| kept)
+            .unwrap_or_default()
+    }
+}
+
 pub struct JetStreamQueue {
     settings: JetStreamSettings,
+    holds: Mutex<Holds>,
     client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
@@ -211,6 +269,7 @@ impl JetStreamQueue {
             .map_err(|e| backend(&e))?;
         let queue = Arc::new(Self {
             settings,
+            holds: Mutex::default(),
             client,
             jetstream,
             stream,
@@ -349,6 +408,15 @@ impl JetStreamQueue {
                 .await;
         }
         Ok(())
+    }
+}
+
+impl JetStreamQueue {
+    fn keep_back(&self, job: &Job, attempt: u32) -> bool {
+        self.holds
+            .lock()
+            .map(|mut holds| holds.keep_back(job, attempt))
+            .unwrap_or(false)
     }
 }
 
@@ -528,6 +596,9 @@ impl Acker for JetStreamAck {
 #[async_trait]
 impl WorkQueue for JetStreamQueue {
     async fn enqueue(&self, job: Job) -> Result<(), QueueError> {
+        if self.keep_back(&job, 0) {
+            return Ok(());
+        }
         let id = message_id(&job, 0);
         self.publish(&job, id).await
     }
@@ -587,7 +658,41 @@ impl WorkQueue for JetStreamQueue {
     /// A new message id: JetStream may have lost the first publish (it acknowledges
     /// before the message reaches disk, and a deleted store loses every job).
     async fn requeue(&self, job: Job, attempt: u32) -> Result<(), QueueError> {
+        if self.keep_back(&job, attempt) {
+            return Ok(());
+        }
         self.publish(&job, message_id(&job, attempt.max(1))).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// A job of a held run, kept back or not yet queued, is this process's to make.
+    fn claim(&self, job: &Job) -> bool {
+        self.holds
+            .lock()
+            .map(|mut holds| holds.claim(job))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, job: &Job) {
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.claimed.remove(job);
+        }
+    }
+
+    fn hold_run(&self, run_id: Uuid) {
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.hold(run_id);
+        }
+    }
+
+    fn release_run(&self, run_id: Uuid) -> Vec<(Job, u32)> {
+        self.holds
+            .lock()
+            .map(|mut holds| holds.release_run(run_id))
+            .unwrap_or_default()
     }
 
     fn depth(&self) -> HashMap<String, usize> {
@@ -614,6 +719,63 @@ mod tests {
         assert_eq!(tenant_token("x_61"), "x_785f3631");
         assert_ne!(tenant_token("a b"), tenant_token("a_b"));
         assert!(!tenant_token("*>.").contains(['*', '>', '.']));
+    }
+
+    fn job(run: u128, token: u64) -> Job {
+        Job {
+            tenant: "t".into(),
+            run_id: Uuid::from_u128(run),
+            target: CallTarget::Step(format!("s{token}")),
+            token,
+        }
+    }
+
+    #[test]
+    fn jobs_of_a_run_not_held_go_to_the_stream() {
+        let mut holds = Holds::default();
+        assert!(!holds.keep_back(&job(1, 1), 0));
+        assert!(
+            !holds.claim(&job(1, 1)),
+            "only a held run's jobs can be claimed"
+        );
+    }
+
+    #[test]
+    fn a_held_runs_next_job_is_claimed_whether_queued_before_or_after() {
+        let mut holds = Holds::default();
+        holds.hold(Uuid::from_u128(1));
+        // The scheduler was quicker than the worker: kept back, then claimed.
+        assert!(holds.keep_back(&job(1, 2), 0));
+        assert!(holds.claim(&job(1, 2)));
+        assert!(!holds.claim(&job(1, 2)), "claimed once");
+        assert!(
+            holds.release_run(Uuid::from_u128(1)).is_empty(),
+            "a claimed job is not handed back to be queued"
+        );
+        // The scheduler queues it while it is being made: nothing to do.
+        assert!(holds.keep_back(&job(1, 2), 0));
+        holds.claimed.remove(&job(1, 2));
+        assert!(!holds.keep_back(&job(1, 2), 0), "once made, it is not ours");
+    }
+
+    #[test]
+    fn kept_back_jobs_not_claimed_are_handed_back_at_the_last_release() {
+        let mut holds = Holds::default();
+        let run = Uuid::from_u128(1);
+        holds.hold(run);
+        holds.hold(run);
+        // Two parallel steps became due; the worker takes one.
+        assert!(holds.keep_back(&job(1, 2), 0));
+        assert!(holds.keep_back(&job(1, 3), 0));
+        assert!(holds.keep_back(&job(1, 3), 2), "a requeue of a kept job");
+        assert!(holds.claim(&job(1, 2)));
+        assert!(holds.release_run(run).is_empty(), "still held once");
+        assert_eq!(holds.release_run(run), vec![(job(1, 3), 2)]);
+        assert!(!holds.keep_back(&job(1, 4), 0), "no longer held");
+        assert!(
+            !holds.keep_back(&job(2, 1), 0),
+            "another run was never held"
+        );
     }
 
     #[test]

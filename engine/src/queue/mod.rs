@@ -92,6 +92,20 @@ pub trait WorkQueue: Send + Sync + 'static {
     async fn requeue(&self, _job: Job, _attempt: u32) -> Result<(), QueueError> {
         Ok(())
     }
+    /// Whether other processes take jobs from this queue too.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Keeps the jobs this process queues for `run_id` back from other processes until
+    /// [`WorkQueue::release_run`], and lets [`WorkQueue::claim`] take them: this
+    /// process's executor is working on the run and will most likely make its next call
+    /// itself. Holds nest. Queues that are not shared need not do anything.
+    fn hold_run(&self, _run_id: Uuid) {}
+    /// Ends a hold; at the last one, hands back the jobs kept back meanwhile (with their
+    /// requeue attempt) for the caller to queue if they are still due.
+    fn release_run(&self, _run_id: Uuid) -> Vec<(Job, u32)> {
+        Vec::new()
+    }
     fn name(&self) -> &'static str;
 }
 
