@@ -122,6 +122,29 @@ impl CommandHandler {
             .await
     }
 
+    /// Like [`CommandHandler::handle`], for a stream that almost certainly does not exist
+    /// yet (its id was just minted): decides against the initial state without reading
+    /// the stream. If the stream does exist after all, the append meets a conflict and
+    /// the command is decided again against the stream, as with any stale state.
+    pub async fn handle_new<D>(
+        &self,
+        stream_id: &str,
+        metadata: &EventMetadata,
+        command: impl Fn() -> D::Command,
+    ) -> Result<Handled<D>, CommandError<D::Error>>
+    where
+        D: Decider,
+        D::Event: DomainEvent,
+        D::Error: 'static,
+    {
+        let nothing_yet = Loaded {
+            state: D::initial(),
+            version: 0,
+        };
+        self.handle_from::<D>(stream_id, metadata, Some(nothing_yet), command)
+            .await
+    }
+
     /// Like [`CommandHandler::handle`], starting from a state the caller already holds
     /// (for example one it cached after its previous command). A stale state costs one
     /// conflict and a reload; it can never cause a wrong decision.

@@ -101,7 +101,8 @@ pub async fn append(
     let stream = flowforge_domain::event::stream_id(*key);
     match context
         .commands
-        .handle::<Incoming>(&stream, &metadata, || received.clone())
+        // Most events are new; a duplicate id costs a conflict and a read instead.
+        .handle_new::<Incoming>(&stream, &metadata, || received.clone())
         .await
     {
         Ok(_) | Err(CommandError::Domain(IncomingError::Duplicate)) => Ok(()),

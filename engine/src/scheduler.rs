@@ -1957,12 +1957,22 @@ async fn handle_run(
     run_id: Uuid,
     command: &RunCommand,
 ) -> Result<(), CommandError<RunError>> {
-    let handled = context
-        .commands
-        .handle::<Run>(&flowforge_domain::run::stream_id(run_id), meta, || {
-            command.clone()
-        })
-        .await?;
+    let stream = flowforge_domain::run::stream_id(run_id);
+    let handled = match command {
+        // A run's id is minted for it: its stream is almost never there yet.
+        RunCommand::Create(_) => {
+            context
+                .commands
+                .handle_new::<Run>(&stream, meta, || command.clone())
+                .await?
+        }
+        _ => {
+            context
+                .commands
+                .handle::<Run>(&stream, meta, || command.clone())
+                .await?
+        }
+    };
     context
         .cache
         .put(run_id, handled.state, handled.stream_version);

@@ -210,7 +210,38 @@ async fn a_stream_with_an_unreadable_event_is_reported(backend: TestBackend) {
     );
 }
 
+/// `handle_new` skips reading a stream it expects to be new; when the stream exists
+/// after all, the command is decided against what it holds, not against nothing.
+async fn a_new_stream_command_on_an_existing_stream_is_decided_on_what_it_holds(
+    backend: TestBackend,
+) {
+    let store = backend.store().await;
+    let handler = CommandHandler::new(store.clone());
+    let meta = metadata("t1");
+    let run_id = Uuid::now_v7();
+    let stream = flowforge_domain::run::stream_id(run_id);
+    let created = handler
+        .handle_new::<Run>(&stream, &meta, || create(run_id, "f"))
+        .await
+        .unwrap();
+    assert_eq!(created.stream_version, 1);
+    assert_eq!(created.state.status, RunStatus::Queued);
+    let again = handler
+        .handle_new::<Run>(&stream, &meta, || create(run_id, "f"))
+        .await;
+    assert!(
+        matches!(again, Err(CommandError::Domain(RunError::AlreadyExists))),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.read_stream(&stream, 1).await.unwrap().len(),
+        1,
+        "the run was created once"
+    );
+}
+
 flowforge_tests::on_both_backends!(
+    a_new_stream_command_on_an_existing_stream_is_decided_on_what_it_holds,
     two_concurrent_commands_on_one_stream_both_take_effect,
     a_command_that_loses_the_race_is_re_decided_on_the_new_state,
     contention_beyond_the_retry_budget_is_reported_not_swallowed,

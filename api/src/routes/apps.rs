@@ -438,7 +438,7 @@ pub async fn invoke(
     });
     engine
         .commands
-        .handle::<Run>(&stream, &caller.metadata(), || command.clone())
+        .handle_new::<Run>(&stream, &caller.metadata(), || command.clone())
         .await
         .map_err(ApiError::internal)?;
     if !query.wait {
