@@ -732,7 +732,60 @@ async fn test_key_events_reach_no_live_run(backend: TestBackend) {
     assert_eq!(run["output"], json!({"carrier": "UPS"}), "{run}");
 }
 
+/// A stream watch (what `invoke?wait=true` and a run's SSE stream wait on) gets its
+/// stream's events, in order, and nothing of other streams; dropping it stops the
+/// watching.
+async fn a_stream_watch_sees_its_stream_only(backend: TestBackend) {
+    use flowforge_store::{ExpectedVersion, NewEvent};
+    let store = backend.store().await;
+    let feed = flowforge_engine::live::LiveFeed::start(store.clone(), Arc::default())
+        .await
+        .unwrap();
+    let (mine, other) = (
+        format!("run-{}", uuid::Uuid::now_v7()),
+        format!("run-{}", uuid::Uuid::now_v7()),
+    );
+    let mut watch = feed.watch_stream(&mine);
+    assert_eq!(feed.watched_streams(), 1);
+    let meta = flowforge_tests::fixtures::metadata("t1");
+    for (stream, n) in [(&other, 1), (&mine, 1), (&other, 2), (&mine, 2)] {
+        let expected = if n == 1 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(1)
+        };
+        store
+            .append(
+                stream,
+                "run",
+                expected,
+                vec![NewEvent::new("test.step", json!({"n": n}), meta.clone())],
+            )
+            .await
+            .unwrap();
+    }
+    for version in 1..=2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.recv())
+            .await
+            .expect("the watched stream's event arrives")
+            .unwrap();
+        assert_eq!(
+            (event.stream_id.as_str(), event.stream_version),
+            (mine.as_str(), version)
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.recv())
+            .await
+            .is_err(),
+        "nothing of the other stream"
+    );
+    drop(watch);
+    assert_eq!(feed.watched_streams(), 0, "a dropped watch stops watching");
+}
+
 flowforge_tests::on_both_backends!(
+    a_stream_watch_sees_its_stream_only,
     test_key_events_reach_no_live_run,
     metrics_count_the_work_done,
     a_run_streams_its_events_live,

@@ -413,9 +413,9 @@ pub async fn invoke(
         "ts": Utc::now().timestamp_millis(),
         "user": {},
     });
-    // Listen before the run exists, so its end cannot slip past.
-    let mut feed = engine.live.listen();
     let stream = flowforge_domain::run::stream_id(run_id);
+    // Watch before the run exists, so its end cannot slip past.
+    let mut watch = engine.live.watch_stream(&stream);
     let command = RunCommand::Create(CreateRun {
         run_id,
         function: FunctionRef {
@@ -446,30 +446,28 @@ pub async fn invoke(
     }
     let timeout = Duration::from_secs(query.timeout.unwrap_or(30).clamp(1, 300));
     let outcome = tokio::time::timeout(timeout, async {
-        loop {
-            match feed.recv().await {
-                Ok(event) if event.stream_id == stream => {
-                    if let Ok(decoded) = event.decode::<RunEvent>() {
-                        match decoded {
-                            RunEvent::Completed(done) => return Some(Ok(done.output)),
-                            RunEvent::Failed(failed) => return Some(Err((StatusCode::UNPROCESSABLE_ENTITY, json!({"status": "failed", "run_id": run_id, "error": failed.error})))),
-                            RunEvent::Cancelled(c) => return Some(Err((StatusCode::CONFLICT, json!({"status": "cancelled", "run_id": run_id, "reason": c.reason})))),
-                            _ => {}
-                        }
-                    }
+        while let Some(event) = watch.recv().await {
+            let Ok(decoded) = event.decode::<RunEvent>() else {
+                continue;
+            };
+            match decoded {
+                RunEvent::Completed(done) => return Some(Ok(done.output)),
+                RunEvent::Failed(failed) => {
+                    return Some(Err((
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"status": "failed", "run_id": run_id, "error": failed.error}),
+                    )));
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind the feed: ask the log directly.
-                    if let Ok(loaded) = engine.commands.load::<Run>(&stream).await
-                        && let Some(output) = loaded.state.output.clone()
-                    {
-                        return Some(Ok(output));
-                    }
+                RunEvent::Cancelled(c) => {
+                    return Some(Err((
+                        StatusCode::CONFLICT,
+                        json!({"status": "cancelled", "run_id": run_id, "reason": c.reason}),
+                    )));
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                _ => {}
             }
         }
+        None
     })
     .await;
     Ok(match outcome {

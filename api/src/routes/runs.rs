@@ -512,10 +512,9 @@ pub async fn stream(
     let engine = state.engine()?.clone();
     // Listen first, then read what exists: nothing committed in between is missed,
     // and versions already sent are skipped.
-    let mut feed = engine.live.listen();
+    let stream_id = flowforge_domain::run::stream_id(parse_run_id(&id)?);
+    let mut watch = engine.live.watch_stream(&stream_id);
     let (_, existing) = run_stream(&state, &caller, &id).await?;
-    let stream_id = existing[0].stream_id.clone();
-    let store = state.platform.store.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(256);
     tokio::spawn(async move {
         let mut sent = 0u64;
@@ -537,28 +536,13 @@ pub async fn stream(
                 return;
             }
         }
-        loop {
-            match feed.recv().await {
-                Ok(e) if e.stream_id == stream_id && e.stream_version > sent => {
-                    sent = e.stream_version;
-                    if tx.send(Ok(send(&e))).await.is_err() || is_final(&e) {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Catch up from the log itself.
-                    let Ok(missed) = store.read_stream(&stream_id, sent + 1).await else {
-                        return;
-                    };
-                    for e in missed {
-                        sent = e.stream_version;
-                        if tx.send(Ok(send(&e))).await.is_err() || is_final(&e) {
-                            return;
-                        }
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        while let Some(e) = watch.recv().await {
+            if e.stream_version <= sent {
+                continue;
+            }
+            sent = e.stream_version;
+            if tx.send(Ok(send(&e))).await.is_err() || is_final(&e) {
+                return;
             }
         }
     });
