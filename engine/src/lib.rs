@@ -108,16 +108,38 @@ impl RunCache {
         self.runs.lock().ok()?.get(&run_id).cloned()
     }
 
-    /// Keeps the newer of the cached and the given state.
+    /// Keeps the newer of the cached and the given state. The scheduler removes a run
+    /// when it reads the run's end; an executor that recorded the end keeps it here
+    /// until then (so that the scheduler, still behind, cannot put back an older state
+    /// in which the run's last call is still due), but never adds back a run the
+    /// scheduler has already let go.
     pub fn put(&self, run_id: Uuid, state: RunState, version: u64) {
         if let Ok(mut runs) = self.runs.lock() {
             match runs.get(&run_id) {
                 Some(cached) if cached.version >= version => {}
+                None if state.status.is_terminal() => {}
                 _ => {
                     runs.insert(run_id, Loaded { state, version });
                 }
             }
         }
+    }
+
+    /// Whether a state newer than `version` is cached and no longer holds `job`'s call:
+    /// an executor of this process has made it and recorded the outcome, and the
+    /// scheduler (at `version`) has not read that yet.
+    pub fn moved_past(&self, job: &queue::Job, version: u64) -> bool {
+        let Ok(runs) = self.runs.lock() else {
+            return false;
+        };
+        runs.get(&job.run_id).is_some_and(|cached| {
+            cached.version > version
+                && cached
+                    .state
+                    .due
+                    .get(&job.target)
+                    .is_none_or(|due| due.token != job.token)
+        })
     }
 
     pub fn remove(&self, run_id: Uuid) {

@@ -898,7 +898,17 @@ impl Scheduler {
 
     /// Queues the jobs derived from the events just processed.
     async fn flush_enqueued(&mut self) {
-        let jobs = std::mem::take(&mut self.to_enqueue);
+        let mut jobs = std::mem::take(&mut self.to_enqueue);
+        // A job made stale later in the same batch, or already made by an executor that
+        // continued the run (its outcome not read yet), would only be found stale by
+        // whoever took it.
+        jobs.retain(|job| {
+            self.still_due(job)
+                && self
+                    .runs
+                    .get(&job.run_id)
+                    .is_some_and(|tracked| !self.context.cache.moved_past(job, tracked.version))
+        });
         if jobs.is_empty() {
             return;
         }

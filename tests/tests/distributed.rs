@@ -717,18 +717,32 @@ async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps()
     })
     .await;
 
-    let delivered_before = metric(&server, "flowforge_jobs_delivered_total").await;
-    let calls_before = metric(&server, "flowforge_calls_total").await;
+    let counters = || async {
+        let mut values = Vec::new();
+        for name in [
+            "flowforge_jobs_delivered_total",
+            "flowforge_jobs_stale_total",
+            "flowforge_calls_total",
+        ] {
+            values.push(metric(&server, name).await);
+        }
+        values
+    };
+    let before = counters().await;
     let sent = send_many(&api, 20, 0).await;
-    assert_each_ran_once(&api, &sent, 2, Duration::from_secs(60)).await;
-    let delivered = metric(&server, "flowforge_jobs_delivered_total").await - delivered_before;
-    let calls = metric(&server, "flowforge_calls_total").await - calls_before;
-    eprintln!("{calls} calls, {delivered} of them delivered by JetStream");
+    let recorded = assert_each_ran_once(&api, &sent, 2, Duration::from_secs(60)).await;
+    let after = counters().await;
+    assert_eq!(recorded.values().sum::<usize>(), 60, "{recorded:?}");
+    let [delivered, stale, calls] = [0, 1, 2].map(|i| after[i] - before[i]);
+    eprintln!("{calls} calls; JetStream delivered {delivered} jobs, {stale} of them stale");
     assert_eq!(calls, 60, "three calls per run");
-    // Each run's first job comes from JetStream; its next ones stay in the process.
+    // Each run's first call comes from JetStream; its next ones stay in the process.
+    // (A scheduler lagging behind the executors may still publish a job the run has
+    // moved past; the executor that takes it finds it stale and makes no call.)
+    let through_jetstream = delivered - stale;
     assert!(
-        delivered <= 30,
-        "{delivered} of {calls} calls went through JetStream: runs are not kept in hand"
+        through_jetstream <= 30,
+        "{through_jetstream} of {calls} calls went through JetStream: runs are not kept in hand"
     );
 
     let (status, body) = api
