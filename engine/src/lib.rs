@@ -185,6 +185,7 @@ impl EngineContext {
     fn set_scheduling(&self, scheduling: bool) {
         self.scheduling
             .store(scheduling, std::sync::atomic::Ordering::Release);
+        self.queue.scheduler_running(scheduling);
     }
 }
 

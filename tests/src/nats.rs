@@ -76,6 +76,14 @@ impl TestNats {
 }
 
 impl TestNats {
+    /// Jobs ever published to the stream (its last sequence number).
+    pub async fn published(&self) -> u64 {
+        let client = async_nats::connect(self.url.as_str()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(self.stream_name()).await.expect("stream");
+        stream.info().await.expect("info").state.last_sequence
+    }
+
     /// Waits until every job was acknowledged: nothing is left in the stream or
     /// pending on a consumer.
     pub async fn assert_drained(&self, within: Duration) {

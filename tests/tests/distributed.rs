@@ -194,17 +194,20 @@ async fn a_job_published_twice_runs_once() {
         other => format!("step-{}", other["step"].as_str().unwrap_or_default()),
     };
     let original_id = format!("{run_id}:{target}:{token}");
-    let ack = js
-        .send_publish(
+    // The scheduler's process kept this job in hand (it had room), so the relay's
+    // publish of it is simulated here first; then it publishes it again.
+    let publish_original = || {
+        js.send_publish(
             subject.clone(),
             async_nats::jetstream::message::PublishMessage::build()
                 .payload(job.to_string().into())
-                .message_id(original_id),
+                .message_id(original_id.clone()),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    };
+    let stale_before = metric(&server, "flowforge_jobs_stale_total").await;
+    let first = publish_original().await.unwrap().await.unwrap();
+    assert!(!first.duplicate, "a new message id is stored");
+    let ack = publish_original().await.unwrap().await.unwrap();
     assert!(
         ack.duplicate,
         "the relay's second publish is dropped by JetStream"
@@ -221,7 +224,15 @@ async fn a_job_published_twice_runs_once() {
         .await
         .unwrap();
     assert!(!ack.duplicate);
-    // Delivered, found stale, acknowledged.
+    // Both stored copies delivered, found stale, acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, "flowforge_jobs_stale_total").await < stale_before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two stored copies were not both found stale"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     nats.assert_drained(Duration::from_secs(10)).await;
     let (_, after) = api.get(&format!("/api/v1/runs/{run_id}/events")).await;
     assert_eq!(
@@ -676,8 +687,9 @@ async fn metric(process: &ServerProcess, name: &str) -> u64 {
 }
 
 /// On NATS, the process that runs the scheduler makes a run's next call itself rather
-/// than publishing it and taking it back from JetStream; parallel steps still go to
-/// other workers at once instead of waiting for the run to be let go.
+/// than publishing it and taking it back from JetStream, and keeps first calls in hand
+/// while it has room; parallel steps still go to other workers at once instead of
+/// waiting for the run to be let go.
 async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps() {
     let Some(backend) = TestBackend::postgres().await else {
         return;
@@ -743,6 +755,19 @@ async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps()
     assert!(
         through_jetstream <= 30,
         "{through_jetstream} of {calls} calls went through JetStream: runs are not kept in hand"
+    );
+
+    // One run at a time, the scheduler's process has room in hand for each run's
+    // first call too: nothing goes through JetStream.
+    let published = nats.published().await;
+    for _ in 0..5 {
+        let sent = send_many(&api, 1, 0).await;
+        assert_each_ran_once(&api, &sent, 2, Duration::from_secs(30)).await;
+    }
+    assert_eq!(
+        nats.published().await,
+        published,
+        "jobs were published though the process had room for them"
     );
 
     let (status, body) = api

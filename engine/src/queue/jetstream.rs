@@ -153,11 +153,33 @@ fn decode(payload: &[u8]) -> Option<Job> {
     })
 }
 
+/// A job in this process's hand, waiting for an executor.
+enum InHand {
+    /// Fetched from the stream (boxed: a message is far larger than a job).
+    Fetched(Box<jetstream::Message>),
+    /// Queued by this process's scheduler while the tenant's hand had room: never
+    /// published (see [`JetStreamQueue::take_in_hand`]).
+    Local(Job),
+}
+
 #[derive(Default)]
 struct Local {
     /// Tenants with jobs in hand, in the order they get their next turn.
     turns: VecDeque<String>,
-    held: HashMap<String, VecDeque<jetstream::Message>>,
+    held: HashMap<String, VecDeque<InHand>>,
+    /// Local jobs in hand or being made, so that one queued twice is taken once.
+    local_jobs: HashSet<Job>,
+}
+
+impl Local {
+    fn push(&mut self, token: &str, job: InHand) {
+        let queue = self.held.entry(token.to_owned()).or_default();
+        let was_empty = queue.is_empty();
+        queue.push_back(job);
+        if was_empty {
+            self.turns.push_back(token.to_owned());
+        }
+    }
 }
 
 /// Runs this process's executors are working on (see [`WorkQueue::hold_run`]).
@@ -220,6 +242,11 @@ impl Holds {
 pub struct JetStreamQueue {
     settings: JetStreamSettings,
     holds: Mutex<Holds>,
+    /// This process's scheduler is running (past its start-up): the jobs it queues may
+    /// stay in this process while the tenant's hand has room.
+    local_first: std::sync::atomic::AtomicBool,
+    /// For local jobs given back undone, which are then published.
+    me: std::sync::Weak<JetStreamQueue>,
     client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
@@ -267,9 +294,11 @@ impl JetStreamQueue {
             .get_or_create_stream(stream_config(&settings))
             .await
             .map_err(|e| backend(&e))?;
-        let queue = Arc::new(Self {
+        let queue = Arc::new_cyclic(|me| Self {
             settings,
             holds: Mutex::default(),
+            local_first: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
             client,
             jetstream,
             stream,
@@ -412,6 +441,37 @@ impl JetStreamQueue {
 }
 
 impl JetStreamQueue {
+    /// Keeps a job the scheduler of this process queues in this process's hand, instead
+    /// of publishing it, while the tenant's hand has room: when this process's
+    /// executors keep up, its runs never make the round trip through JetStream, and
+    /// when they do not, the hand is full and jobs go to the stream for every process.
+    ///
+    /// Safe to lose: a job in hand exists only in the process running the scheduler.
+    /// If that process dies, the scheduler that takes over derives every due call from
+    /// the log again and publishes it. Not while the scheduler is starting: the calls
+    /// it queues then were most likely published before, by the previous scheduler.
+    fn take_in_hand(&self, job: &Job) -> bool {
+        if !self.local_first.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let Ok(mut local) = self.local.lock() else {
+            return false;
+        };
+        if local.local_jobs.contains(job) {
+            return true;
+        }
+        let token = tenant_token(&job.tenant);
+        let in_hand = local.held.get(&token).map_or(0, VecDeque::len);
+        if in_hand >= self.settings.prefetch_per_tenant {
+            return false;
+        }
+        local.local_jobs.insert(job.clone());
+        local.push(&token, InHand::Local(job.clone()));
+        drop(local);
+        self.ready.notify_one();
+        true
+    }
+
     fn keep_back(&self, job: &Job, attempt: u32) -> bool {
         self.holds
             .lock()
@@ -556,12 +616,7 @@ impl Fetcher {
 
     fn hold(&self, message: jetstream::Message) {
         if let Ok(mut local) = self.local.lock() {
-            let queue = local.held.entry(self.token.clone()).or_default();
-            let was_empty = queue.is_empty();
-            queue.push_back(message);
-            if was_empty {
-                local.turns.push_back(self.token.clone());
-            }
+            local.push(&self.token, InHand::Fetched(Box::new(message)));
         }
         self.ready.notify_one();
     }
@@ -572,6 +627,44 @@ impl Fetcher {
 struct JetStreamAck {
     message: Arc<jetstream::Message>,
     heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// A local job needs no acknowledgement; it is only forgotten, or published if given
+/// back undone.
+struct LocalAck {
+    queue: std::sync::Weak<JetStreamQueue>,
+    job: Job,
+}
+
+impl LocalAck {
+    fn forget(&self) -> Option<Arc<JetStreamQueue>> {
+        let queue = self.queue.upgrade()?;
+        if let Ok(mut local) = queue.local.lock() {
+            local.local_jobs.remove(&self.job);
+        }
+        Some(queue)
+    }
+}
+
+#[async_trait]
+impl Acker for LocalAck {
+    async fn ack(self: Box<Self>) {
+        self.forget();
+    }
+
+    async fn retry_later(self: Box<Self>, delay: Duration) {
+        let Some(queue) = self.forget() else {
+            return;
+        };
+        let job = self.job;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(error) = queue.publish(&job, message_id(&job, 0)).await {
+                // The reconciler queues it again when its lease runs out.
+                tracing::warn!(%error, run_id = %job.run_id, "cannot queue a job given back");
+            }
+        });
+    }
 }
 
 #[async_trait]
@@ -596,7 +689,7 @@ impl Acker for JetStreamAck {
 #[async_trait]
 impl WorkQueue for JetStreamQueue {
     async fn enqueue(&self, job: Job) -> Result<(), QueueError> {
-        if self.keep_back(&job, 0) {
+        if self.keep_back(&job, 0) || self.take_in_hand(&job) {
             return Ok(());
         }
         let id = message_id(&job, 0);
@@ -629,9 +722,19 @@ impl WorkQueue for JetStreamQueue {
                 }
                 taken
             };
-            let Some(message) = taken else {
-                notified.await;
-                continue;
+            let message = match taken {
+                None => {
+                    notified.await;
+                    continue;
+                }
+                Some(InHand::Local(job)) => {
+                    let acker = LocalAck {
+                        queue: self.me.clone(),
+                        job: job.clone(),
+                    };
+                    return Ok(Delivery::new(job, Box::new(acker)));
+                }
+                Some(InHand::Fetched(message)) => *message,
             };
             let Some(job) = decode(&message.payload) else {
                 tracing::error!(subject = %message.subject, "an unreadable job; dropped");
@@ -666,6 +769,34 @@ impl WorkQueue for JetStreamQueue {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn scheduler_running(&self, running: bool) {
+        self.local_first
+            .store(running, std::sync::atomic::Ordering::Release);
+        if running {
+            return;
+        }
+        // The next scheduler (here or elsewhere) publishes every due call again; local
+        // jobs not yet taken would then be made twice.
+        if let Ok(mut local) = self.local.lock() {
+            let mut dropped = Vec::new();
+            for queue in local.held.values_mut() {
+                queue.retain(|job| match job {
+                    InHand::Local(job) => {
+                        dropped.push(job.clone());
+                        false
+                    }
+                    InHand::Fetched(_) => true,
+                });
+            }
+            local.held.retain(|_, queue| !queue.is_empty());
+            let tokens: HashSet<String> = local.held.keys().cloned().collect();
+            local.turns.retain(|token| tokens.contains(token));
+            for job in dropped {
+                local.local_jobs.remove(&job);
+            }
+        }
     }
 
     /// A job of a held run, kept back or not yet queued, is this process's to make.

@@ -96,6 +96,8 @@ pub trait WorkQueue: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// This process's scheduler has started (past its start-up) or stopped.
+    fn scheduler_running(&self, _running: bool) {}
     /// Keeps the jobs this process queues for `run_id` back from other processes until
     /// [`WorkQueue::release_run`], and lets [`WorkQueue::claim`] take them: this
     /// process's executor is working on the run and will most likely make its next call
