@@ -111,6 +111,16 @@ async fn two_processes() -> Option<(TestBackend, TestNats, ServerProcess, Server
     Some((backend, nats, first, second))
 }
 
+/// One `flowforge serve` process ("solo") on PostgreSQL and NATS, started.
+async fn one_process() -> Option<(TestBackend, TestNats, ServerProcess)> {
+    let backend = TestBackend::postgres().await?;
+    let nats = TestNats::shared().await?;
+    let mut server = ServerProcess::for_backend(&backend);
+    server.with_nats(&nats.url, &nats.prefix, "solo");
+    server.start().await;
+    Some((backend, nats, server))
+}
+
 async fn two_processes_share_the_work_of_500_runs() {
     let Some((_backend, nats, first, second)) = two_processes().await else {
         return;
@@ -157,15 +167,9 @@ async fn two_processes_share_the_work_of_500_runs() {
 /// checkpoint moved): the same message id is dropped by JetStream, and a copy under a new
 /// id is delivered, found stale, and acknowledged without touching the run.
 async fn a_job_published_twice_runs_once() {
-    let Some(backend) = TestBackend::postgres().await else {
+    let Some((_backend, nats, server)) = one_process().await else {
         return;
     };
-    let Some(nats) = TestNats::shared().await else {
-        return;
-    };
-    let mut server = ServerProcess::for_backend(&backend);
-    server.with_nats(&nats.url, &nats.prefix, "solo");
-    server.start().await;
     let api = server.api();
     let _app = SdkApp::start_for(&server, app).await;
     let sent = send_many(&api, 1, 0).await;
@@ -691,15 +695,9 @@ async fn metric(process: &ServerProcess, name: &str) -> u64 {
 /// while it has room; parallel steps still go to other workers at once instead of
 /// waiting for the run to be let go.
 async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps() {
-    let Some(backend) = TestBackend::postgres().await else {
+    let Some((_backend, nats, server)) = one_process().await else {
         return;
     };
-    let Some(nats) = TestNats::shared().await else {
-        return;
-    };
-    let mut server = ServerProcess::for_backend(&backend);
-    server.with_nats(&nats.url, &nats.prefix, "solo");
-    server.start().await;
     let api = server.api();
     let spans: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, std::time::Instant)>>> =
         Default::default();
