@@ -537,21 +537,7 @@ async fn the_scheduler_fails_over_when_its_process_dies() {
     assert_each_ran_once(&processes[0].api(), &warmup, 2, Duration::from_secs(30)).await;
     let mut leader = None;
     for (i, process) in processes.iter().enumerate() {
-        let text = process
-            .http()
-            .get(format!("{}/metrics", process.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let position: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("flowforge_scheduler_position "))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        if position > 0 {
+        if metric(process, "flowforge_scheduler_position").await > 0 {
             assert!(leader.is_none(), "two processes run the scheduler");
             leader = Some(i);
         }
