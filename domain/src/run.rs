@@ -671,6 +671,12 @@ impl Default for RunState {
 }
 
 impl RunState {
+    /// Whether the call for `target` with `token` is still due: the job that names it
+    /// is current, not stale.
+    pub fn holds_call(&self, target: &CallTarget, token: u64) -> bool {
+        self.due.get(target).is_some_and(|due| due.token == token)
+    }
+
     /// Moves the start of a run collecting events (its first call, held).
     fn put_start(&mut self, start: impl Fn(DateTime<Utc>) -> DateTime<Utc>) {
         if let (Some(held), Some(due)) = (
@@ -955,7 +961,7 @@ impl Decider for Run {
                 if let Some(version) = e.request_version {
                     state.request_version = version;
                 }
-                if state.due.get(&e.target).is_some_and(|d| d.token == e.token) {
+                if state.holds_call(&e.target, e.token) {
                     state.due.remove(&e.target);
                 }
                 if state.status == RunStatus::Queued {

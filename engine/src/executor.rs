@@ -126,13 +126,9 @@ async fn queue_kept_back(context: &EngineContext, run_id: Uuid) {
     }
     let latest = context.cache.get(run_id);
     for (job, attempt) in kept {
-        let still_due = latest.as_ref().is_none_or(|loaded| {
-            loaded
-                .state
-                .due
-                .get(&job.target)
-                .is_some_and(|due| due.token == job.token)
-        });
+        let still_due = latest
+            .as_ref()
+            .is_none_or(|loaded| loaded.state.holds_call(&job.target, job.token));
         if !still_due {
             continue;
         }
@@ -190,13 +186,7 @@ async fn execute_call(context: &EngineContext, job: &Job) -> Result<Option<Recor
             NotNow
         })
     };
-    let holds_job = |loaded: &Loaded<RunState>| {
-        loaded
-            .state
-            .due
-            .get(&job.target)
-            .is_some_and(|d| d.token == job.token)
-    };
+    let holds_job = |loaded: &Loaded<RunState>| loaded.state.holds_call(&job.target, job.token);
     let early = |loaded: &Loaded<RunState>| {
         loaded
             .state

@@ -133,12 +133,7 @@ impl RunCache {
             return false;
         };
         runs.get(&job.run_id).is_some_and(|cached| {
-            cached.version > version
-                && cached
-                    .state
-                    .due
-                    .get(&job.target)
-                    .is_none_or(|due| due.token != job.token)
+            cached.version > version && !cached.state.holds_call(&job.target, job.token)
         })
     }
 

@@ -525,11 +525,7 @@ impl Scheduler {
         // Calls: queue the due ones, set timers for the later ones.
         let mut no_longer_due = Vec::new();
         tracked.dispatched.retain(|(target, token)| {
-            let due = tracked
-                .state
-                .due
-                .get(target)
-                .is_some_and(|d| d.token == *token);
+            let due = tracked.state.holds_call(target, *token);
             if !due {
                 no_longer_due.push((run_id, target.clone(), *token));
             }
@@ -931,8 +927,7 @@ impl Scheduler {
     fn still_due(&self, job: &Job) -> bool {
         self.runs
             .get(&job.run_id)
-            .and_then(|t| t.state.due.get(&job.target))
-            .is_some_and(|d| d.token == job.token)
+            .is_some_and(|t| t.state.holds_call(&job.target, job.token))
     }
 
     /// With a queue that may lose jobs, checks back after the job lease: a job whose
