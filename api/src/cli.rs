@@ -195,6 +195,11 @@ struct AuthArgs {
     /// Minutes an access token stays valid (logout ends it sooner).
     #[arg(long, env = "FLOWFORGE_TOKEN_TTL_MINUTES", default_value_t = 15)]
     token_ttl_minutes: u64,
+    /// Milliseconds a verified API key is trusted before its stream is read again;
+    /// revocations reach every process sooner through the log. 0 reads it on every
+    /// request.
+    #[arg(long, env = "FLOWFORGE_API_KEY_CACHE_MS", default_value_t = 1_000)]
+    api_key_cache_ms: u64,
 }
 
 impl AuthArgs {
@@ -215,6 +220,7 @@ impl AuthArgs {
             token_ttl: std::time::Duration::from_secs(
                 self.token_ttl_minutes.clamp(1, 24 * 60) * 60,
             ),
+            key_cache_ttl: std::time::Duration::from_millis(self.api_key_cache_ms.min(60_000)),
         })
     }
 }

@@ -18,8 +18,10 @@ pub const STREAM_TYPE: &str = "api_key";
 pub const ID_LEN: usize = 12;
 pub const SECRET_LEN: usize = 32;
 
+pub const STREAM_PREFIX: &str = "api_key-";
+
 pub fn stream_id(key_id: &str) -> String {
-    format!("api_key-{key_id}")
+    format!("{STREAM_PREFIX}{key_id}")
 }
 
 /// Where a key acts: `live` and `ro` keys in the tenant's live environment, `test` keys

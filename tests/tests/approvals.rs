@@ -83,6 +83,7 @@ async fn approvals_round_trip_through_a_function(backend: TestBackend) {
         mode: AuthMode::Open,
         tokens: Some(TokenKeys::new(SECRET)),
         token_ttl: Duration::from_secs(600),
+        ..AuthConfig::open()
     };
     let server = TestServer::start_with(config).await;
     let base = server.url.clone();

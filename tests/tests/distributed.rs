@@ -777,6 +777,88 @@ async fn the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps()
     nats.assert_drained(Duration::from_secs(10)).await;
 }
 
+/// A verified API key is kept by each process for a moment (no log read per request);
+/// revoking it in one process stops it there at once and in the other through the log,
+/// long before the cache's time is up.
+async fn a_key_revoked_in_one_process_stops_in_the_other_within_moments() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let Some(nats) = TestNats::shared().await else {
+        return;
+    };
+    // A minute of trust: if the second process refuses the key sooner, the log told it.
+    let mut processes = flowforge_tests::process::cluster(
+        &backend,
+        &nats,
+        &["one", "two"],
+        &[("FLOWFORGE_API_KEY_CACHE_MS", "60000")],
+    )
+    .await;
+    let second = processes.pop().unwrap();
+    let first = processes.pop().unwrap();
+    let (status, created) = first
+        .api()
+        .post(
+            "/api/v1/api-keys",
+            &json!({"name": "short-lived", "kind": "live", "scopes": ["runs:read"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let runs_with_key =
+        |process: &ServerProcess| Api::with_bearer(process.url.clone(), Some(key.clone()));
+    for process in [&first, &second] {
+        let hits = metric(process, "flowforge_api_key_cache_hits_total").await;
+        for _ in 0..3 {
+            let (status, body) = runs_with_key(process).get("/api/v1/runs").await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body["items"].is_array(), "{body}");
+        }
+        assert!(
+            metric(process, "flowforge_api_key_cache_hits_total").await >= hits + 2,
+            "the key's second and third uses are answered without reading the log"
+        );
+    }
+    let wrong = format!(
+        "{}{}",
+        &key[..key.len() - 1],
+        if key.ends_with('a') { 'b' } else { 'a' }
+    );
+    let (status, _) = Api::with_bearer(second.url.clone(), Some(wrong))
+        .get("/api/v1/runs")
+        .await;
+    assert_eq!(
+        status, 401,
+        "a kept key does not admit another secret under its id"
+    );
+
+    let (status, revoked) = first
+        .api()
+        .delete(&format!("/api/v1/api-keys/{key_id}"))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let revoked_at = std::time::Instant::now();
+    let (status, _) = runs_with_key(&first).get("/api/v1/runs").await;
+    assert_eq!(status, 401, "the revoking process refuses the key at once");
+    loop {
+        let (status, body) = runs_with_key(&second).get("/api/v1/runs").await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the other process still takes the revoked key after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = runs_with_key(&second).get("/api/v1/runs").await;
+    assert_eq!(status, 401, "and goes on refusing it: {body}");
+}
+
 macro_rules! tokio_tests {
     ($($name:ident),* $(,)?) => {
         $(
@@ -800,5 +882,6 @@ mod production {
         the_scheduler_fails_over_when_its_process_dies,
         a_rate_limit_holds_across_processes,
         the_scheduling_process_keeps_a_run_in_hand_but_not_its_parallel_steps,
+        a_key_revoked_in_one_process_stops_in_the_other_within_moments,
     );
 }

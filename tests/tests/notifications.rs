@@ -26,6 +26,7 @@ async fn start(backend: &TestBackend) -> TestServer {
         mode: AuthMode::Open,
         tokens: Some(TokenKeys::new(SECRET)),
         token_ttl: Duration::from_secs(600),
+        ..AuthConfig::open()
     };
     TestServer::start_with(config).await
 }

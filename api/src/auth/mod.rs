@@ -1,13 +1,17 @@
 //! Who is calling, proven: access tokens for dashboard users, API keys for apps.
 //!
-//! Every check reads the identity's stream from the log (one short stream per
-//! request), so a logout, a revoked key, a disabled user or a changed role takes
-//! effect at the next request, in every process.
+//! A token's check reads the user's stream from the log (one short stream per
+//! request), so a logout, a disabled user or a changed role takes effect at the next
+//! request, in every process. A key's check reads its stream too, unless this process
+//! verified the key less than `key_cache_ttl` ago ([`verified_keys`]): a revocation
+//! acts at once in the process that made it, within milliseconds in the others (their
+//! live feed), and within `key_cache_ttl` whatever happens to the feed.
 
 pub mod keys;
 pub mod limiter;
 pub mod password;
 pub mod token;
+pub mod verified_keys;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -40,6 +44,9 @@ pub struct AuthConfig {
     /// Signs access tokens; without it nobody can log in (API keys still work).
     pub tokens: Option<token::TokenKeys>,
     pub token_ttl: Duration,
+    /// How long a verified API key is kept before its stream is read again (zero:
+    /// every request reads it).
+    pub key_cache_ttl: Duration,
 }
 
 impl AuthConfig {
@@ -48,6 +55,7 @@ impl AuthConfig {
             mode: AuthMode::Open,
             tokens: None,
             token_ttl: DEFAULT_TOKEN_TTL,
+            key_cache_ttl: verified_keys::DEFAULT_TTL,
         }
     }
 }
@@ -94,6 +102,7 @@ pub async fn authenticate(
     config: &AuthConfig,
     commands: &CommandHandler,
     secrets: &dyn SecretStore,
+    verified: &verified_keys::VerifiedKeys,
     headers: &HeaderMap,
 ) -> Result<Caller, AuthError> {
     let Some(credential) = bearer(headers) else {
@@ -103,7 +112,7 @@ pub async fn authenticate(
         };
     };
     if credential.starts_with("ff_") {
-        api_key_caller(commands, secrets, credential).await
+        api_key_caller(commands, secrets, verified, credential).await
     } else {
         token_caller(config, commands, credential).await
     }
@@ -112,9 +121,15 @@ pub async fn authenticate(
 pub async fn api_key_caller(
     commands: &CommandHandler,
     secrets: &dyn SecretStore,
+    verified: &verified_keys::VerifiedKeys,
     credential: &str,
 ) -> Result<Caller, AuthError> {
     let presented = api_key::parse_key(credential).ok_or(AuthError::Refused("malformed key"))?;
+    if let Some(caller) = verified.caller(presented.id, credential) {
+        touch(secrets, &caller.tenant, presented.id).await;
+        return Ok(caller);
+    }
+    let epoch = verified.epoch();
     let loaded = commands
         .load::<ApiKey>(&api_key::stream_id(presented.id))
         .await
@@ -134,22 +149,29 @@ pub async fn api_key_caller(
     if !keys::matches(credential, &stored) {
         return Err(AuthError::Refused("key secret does not match"));
     }
-    if keys::due_for_touch(&key.key_id)
-        && let Err(error) = secrets
-            .touch_credential(&key.tenant, &key.key_id, Utc::now().timestamp_millis())
-            .await
-    {
-        // Bookkeeping only: the request goes on.
-        tracing::debug!(%error, "cannot record an API key's use");
-    }
-    Ok(Caller {
+    let caller = Caller {
         tenant: TenantId::new(key.tenant.clone()),
         actor: Actor::api_key(key.key_id.clone()),
         request_id: None,
         grants: Grants::Scopes(key.scopes.clone()),
         environment: key.kind.environment(),
         session: None,
-    })
+    };
+    verified.remember(epoch, &key.key_id, stored, &caller);
+    touch(secrets, &caller.tenant, &key.key_id).await;
+    Ok(caller)
+}
+
+/// Records a key's use, at most once a minute per process.
+async fn touch(secrets: &dyn SecretStore, tenant: &TenantId, key_id: &str) {
+    if keys::due_for_touch(key_id)
+        && let Err(error) = secrets
+            .touch_credential(tenant.as_str(), key_id, Utc::now().timestamp_millis())
+            .await
+    {
+        // Bookkeeping only: the request goes on.
+        tracing::debug!(%error, "cannot record an API key's use");
+    }
 }
 
 async fn token_caller(

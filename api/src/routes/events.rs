@@ -381,7 +381,14 @@ pub async fn send_with_key(
     let mut metadata = caller.metadata();
     if key.starts_with("ff_") {
         // A FlowForge API key: its tenant, and it must be allowed to send.
-        match crate::auth::api_key_caller(&state.commands, &*state.platform.secrets, &key).await {
+        match crate::auth::api_key_caller(
+            &state.commands,
+            &*state.platform.secrets,
+            &state.verified_keys,
+            &key,
+        )
+        .await
+        {
             Ok(key_caller) if key_caller.may(flowforge_domain::access::Scope::EventsSend) => {
                 metadata = key_caller.metadata();
             }

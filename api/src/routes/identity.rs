@@ -658,6 +658,9 @@ pub async fn revoke_key(
         })
         .await
         .map_err(key_error)?;
+    // This process's live feed would tell its cache too, a moment later: the next
+    // request must not find the key.
+    state.verified_keys.forget(&id);
     Ok(Json(key_json(&handled.state)))
 }
 

@@ -53,11 +53,21 @@ pub struct AppState {
     >,
     /// The skills marketplace and well-known sites, with the configured timeouts.
     pub skill_sources: crate::skill_sources::Fetcher,
+    /// API keys verified lately (see `auth::verified_keys`).
+    pub verified_keys: Arc<crate::auth::verified_keys::VerifiedKeys>,
 }
 
 impl AppState {
     pub fn new(platform: Platform) -> Self {
+        let verified_keys =
+            crate::auth::verified_keys::VerifiedKeys::new(platform.config.auth.key_cache_ttl);
+        // Without the engine's live feed this process would not hear of revocations
+        // made elsewhere: then it keeps no key.
+        if let Some(engine) = platform.engine() {
+            verified_keys.follow(&engine.live);
+        }
         Self {
+            verified_keys,
             skill_sources: crate::skill_sources::Fetcher::new(&platform.config.skills),
             commands: CommandHandler::new(platform.store.clone()),
             platform: Arc::new(platform),
@@ -931,17 +941,23 @@ async fn caller_for(
     let platform = &state.platform;
     let auth = &platform.config.auth;
     let authenticate = || async {
-        crate::auth::authenticate(auth, &state.commands, &*platform.secrets, headers)
-            .await
-            .map_err(|error| match error {
-                AuthError::Unavailable(message) => {
-                    ApiError::unavailable(format!("cannot check credentials now: {message}"))
-                }
-                other => {
-                    tracing::info!(reason = %other, "request not authenticated");
-                    ApiError::unauthenticated()
-                }
-            })
+        crate::auth::authenticate(
+            auth,
+            &state.commands,
+            &*platform.secrets,
+            &state.verified_keys,
+            headers,
+        )
+        .await
+        .map_err(|error| match error {
+            AuthError::Unavailable(message) => {
+                ApiError::unavailable(format!("cannot check credentials now: {message}"))
+            }
+            other => {
+                tracing::info!(reason = %other, "request not authenticated");
+                ApiError::unauthenticated()
+            }
+        })
     };
     let require = |caller: Caller, scope: Scope| {
         if caller.may(scope) {

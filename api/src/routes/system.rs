@@ -142,6 +142,23 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
+    let (hits, misses) = state.verified_keys.counts();
+    for (name, help, value) in [
+        (
+            "flowforge_api_key_cache_hits_total",
+            "API-key checks answered by keys this process verified lately.",
+            hits,
+        ),
+        (
+            "flowforge_api_key_cache_misses_total",
+            "API-key checks that read the key from the log.",
+            misses,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     if let Some(engine) = platform.engine() {
         engine.metrics.render(&mut out);
         let position = engine
