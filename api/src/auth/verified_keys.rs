@@ -205,18 +205,22 @@ mod tests {
         super::super::keys::generate(api_key::KeyKind::Live)
     }
 
+    /// A verification of `secret` under `id` that started at `epoch`.
+    fn remember(cache: &VerifiedKeys, epoch: u64, id: &str, secret: &str) {
+        cache.remember(
+            epoch,
+            id,
+            super::super::keys::hash(secret),
+            &Caller::dev_admin(),
+        );
+    }
+
     #[test]
     fn a_verified_key_is_kept_for_its_own_secret_only() {
         let cache = cache(Duration::from_secs(60));
         let (id, secret) = key();
         let (_, other) = key();
-        let epoch = cache.epoch();
-        cache.remember(
-            epoch,
-            &id,
-            super::super::keys::hash(&secret),
-            &Caller::dev_admin(),
-        );
+        remember(&cache, cache.epoch(), &id, &secret);
         assert!(cache.caller(&id, &secret).is_some());
         assert!(
             cache.caller(&id, &other).is_none(),
@@ -233,21 +237,10 @@ mod tests {
         let before = cache.epoch();
         // A revocation is seen while the verification is still reading the log.
         cache.forget(&id);
-        cache.remember(
-            before,
-            &id,
-            super::super::keys::hash(&secret),
-            &Caller::dev_admin(),
-        );
+        remember(&cache, before, &id, &secret);
         assert!(cache.caller(&id, &secret).is_none());
         // A fresh verification is kept, and a later forgetting removes it.
-        let epoch = cache.epoch();
-        cache.remember(
-            epoch,
-            &id,
-            super::super::keys::hash(&secret),
-            &Caller::dev_admin(),
-        );
+        remember(&cache, cache.epoch(), &id, &secret);
         assert!(cache.caller(&id, &secret).is_some());
         cache.forget_all();
         assert!(cache.caller(&id, &secret).is_none());
@@ -257,12 +250,7 @@ mod tests {
     fn entries_expire_and_nothing_is_kept_without_a_feed_or_ttl() {
         let cache = cache(Duration::from_millis(30));
         let (id, secret) = key();
-        cache.remember(
-            cache.epoch(),
-            &id,
-            super::super::keys::hash(&secret),
-            &Caller::dev_admin(),
-        );
+        remember(&cache, cache.epoch(), &id, &secret);
         assert!(cache.caller(&id, &secret).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.caller(&id, &secret).is_none(), "expired");
@@ -271,12 +259,7 @@ mod tests {
             VerifiedKeys::new(Duration::from_secs(60)),
             cache_with_zero_ttl(),
         ] {
-            unfollowed.remember(
-                unfollowed.epoch(),
-                &id,
-                super::super::keys::hash(&secret),
-                &Caller::dev_admin(),
-            );
+            remember(&unfollowed, unfollowed.epoch(), &id, &secret);
             assert!(unfollowed.caller(&id, &secret).is_none());
         }
     }
