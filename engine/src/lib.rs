@@ -114,12 +114,37 @@ impl RunCache {
     /// in which the run's last call is still due), but never adds back a run the
     /// scheduler has already let go.
     pub fn put(&self, run_id: Uuid, state: RunState, version: u64) {
+        let terminal = state.status.is_terminal();
+        self.put_with(run_id, version, terminal, || state);
+    }
+
+    /// [`RunCache::put`] of a state the caller keeps: cloned only when it is kept (the
+    /// scheduler, following the log, mostly reads states an executor cached first).
+    pub fn put_from(&self, run_id: Uuid, state: &RunState, version: u64) {
+        self.put_with(run_id, version, state.status.is_terminal(), || {
+            state.clone()
+        });
+    }
+
+    fn put_with(
+        &self,
+        run_id: Uuid,
+        version: u64,
+        terminal: bool,
+        state: impl FnOnce() -> RunState,
+    ) {
         if let Ok(mut runs) = self.runs.lock() {
             match runs.get(&run_id) {
                 Some(cached) if cached.version >= version => {}
-                None if state.status.is_terminal() => {}
+                None if terminal => {}
                 _ => {
-                    runs.insert(run_id, Loaded { state, version });
+                    runs.insert(
+                        run_id,
+                        Loaded {
+                            state: state(),
+                            version,
+                        },
+                    );
                 }
             }
         }

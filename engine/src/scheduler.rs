@@ -511,7 +511,7 @@ impl Scheduler {
         };
         self.context
             .cache
-            .put(run_id, tracked.state.clone(), tracked.version);
+            .put_from(run_id, &tracked.state, tracked.version);
         if tracked.state.status.is_terminal() {
             let tracked = self.runs.remove(&run_id);
             if let Some(tracked) = tracked {
