@@ -171,6 +171,25 @@ impl Registry {
         matched
     }
 
+    /// Whether some current function of the space, other than `except`, is triggered
+    /// by the event name or cancels runs on it. Cheaper than `triggered_by`: nothing is
+    /// cloned, and expressions are not evaluated (a match by name is enough to say the
+    /// event could matter).
+    pub fn reacts_to(&self, space: &Space, event_name: &str, except: &str) -> bool {
+        let Ok(state) = self.state.read() else {
+            // A poisoned registry cannot say: assume someone listens.
+            return true;
+        };
+        state.current.iter().any(|((t, _), f)| {
+            t == space
+                && (f.spec.cancel.iter().any(|c| name_matches(&c.event, event_name))
+                    || (f.spec.id != except
+                        && f.spec.triggers.iter().any(|trigger| {
+                            matches!(trigger, Trigger::Event { event, .. } if name_matches(event, event_name))
+                        })))
+        })
+    }
+
     /// Every current function with cron triggers: (space, function, schedules).
     pub fn cron_functions(&self) -> Vec<(Space, FunctionVersion, Vec<String>)> {
         let Ok(state) = self.state.read() else {

@@ -153,6 +153,36 @@ fn app(server_url: String, serve_url: String, counters: Arc<Counters>) -> App {
                 }),
         )
         .function(
+            // Reacts to the failures of `fatal`, as an on-failure handler does.
+            Function::new("failure-handler")
+                .trigger_event_if(
+                    "flowforge/function.failed",
+                    "event.data.function_id == 'e2e-fatal'",
+                )
+                .handler(|ctx, _step| async move {
+                    Ok(json!({"failed_run": ctx.event["data"]["run_id"]}))
+                }),
+        )
+        .function(
+            // Waits for the end of the run started by an `e2e/steps` event of its tag.
+            Function::new("end-awaiter")
+                .trigger_event("e2e/await-end")
+                .handler(|_ctx, step| async move {
+                    let end = step
+                        .wait_for_event(
+                            "end",
+                            "inngest/function.finished",
+                            WaitOptions::timeout(Duration::from_secs(60))
+                                .when("async.data.event.data.n == event.data.n"),
+                        )
+                        .await?;
+                    Ok(
+                        json!({"run_id": end.as_ref().map(|e| e["data"]["run_id"].clone()),
+                              "result": end.map(|e| e["data"]["result"].clone())}),
+                    )
+                }),
+        )
+        .function(
             Function::new("sleeper")
                 .trigger_event("e2e/sleeper")
                 .cancel_on("e2e/stop", Some("event.data.id == async.data.id"))
@@ -357,33 +387,112 @@ async fn a_non_retriable_failure_fails_the_run_at_once(backend: TestBackend) {
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["error"]["message"], "the order has no items");
     assert_eq!(env.counters.fatal.load(Ordering::SeqCst), 1, "not retried");
-    // Other functions can react to the failure.
+    // The function listening to failures ran once, for this failure.
     let (_, page) = env
         .api
         .get("/api/v1/events?name=flowforge/function.failed")
         .await;
-    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    let mut found = page["items"]
+    let announced: Vec<&Value> = page["items"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|e| e["data"]["run_id"] == json!(run_id));
-    while !found {
+        .filter(|e| e["data"]["run_id"] == json!(run_id))
+        .collect();
+    assert_eq!(announced.len(), 1, "{page}");
+    assert_eq!(
+        announced[0]["data"]["error"]["message"],
+        "the order has no items"
+    );
+    let event_id = announced[0]["id"].as_str().unwrap().to_owned();
+    let handlers = env.api.runs_of_event(&event_id, 1, RUN_TIMEOUT).await;
+    let handled = env.api.finished_run(&handlers[0], RUN_TIMEOUT).await;
+    assert_eq!(
+        handled["output"],
+        json!({"failed_run": run_id}),
+        "{handled}"
+    );
+}
+
+/// A run's end is announced (`function.finished`, `function.failed`, under Inngest's and
+/// FlowForge's names) when something can react to it, and only then: every end is in
+/// the run's own stream anyway.
+async fn a_run_end_is_announced_to_whoever_listens(backend: TestBackend) {
+    let env = env(&backend).await;
+    // A step waits for the end of the run of `n: 41`.
+    let awaiter = run_for(&env.api, "e2e/await-end", json!({"n": 41})).await;
+    env.api
+        .run_until(&awaiter, RUN_TIMEOUT, |r| {
+            r["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
+        })
+        .await;
+    let awaited = run_for(&env.api, "e2e/steps", json!({"n": 41})).await;
+    let awaited_run = env.api.finished_run(&awaited, RUN_TIMEOUT).await;
+    assert_eq!(awaited_run["status"], "completed", "{awaited_run}");
+    let resumed = env.api.finished_run(&awaiter, RUN_TIMEOUT).await;
+    assert_eq!(
+        resumed["output"],
+        json!({"run_id": awaited, "result": {"a": 1, "b": 2, "n": 41}}),
+        "{resumed}"
+    );
+
+    // Nothing waits any more: the next run's end is not announced. A failure of
+    // `fatal`, which has a listener, is processed after it and shows when the
+    // scheduler has passed it.
+    let unheard = run_for(&env.api, "e2e/steps", json!({"n": 42})).await;
+    env.api.finished_run(&unheard, RUN_TIMEOUT).await;
+    let failed = run_for(&env.api, "e2e/fatal", json!({})).await;
+    env.api.finished_run(&failed, RUN_TIMEOUT).await;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let (_, page) = env
+            .api
+            .get("/api/v1/events?name=flowforge/function.failed")
+            .await;
+        if page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["run_id"] == json!(failed))
+        {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no function.failed event"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (_, page) = env
-            .api
-            .get("/api/v1/events?name=flowforge/function.failed")
-            .await;
-        found = page["items"]
+    }
+    let about = |run_id: &str, name: &str, page: &Value| {
+        page["items"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["data"]["run_id"] == json!(run_id));
+            .filter(|e| e["name"] == name && e["data"]["run_id"] == json!(run_id))
+            .count()
+    };
+    let (_, page) = env.api.get("/api/v1/events?limit=200").await;
+    assert_eq!(
+        about(&awaited, "inngest/function.finished", &page),
+        1,
+        "{page}"
+    );
+    for (run_id, name) in [
+        (&awaited, "flowforge/function.finished"),
+        (&unheard, "inngest/function.finished"),
+        (&unheard, "flowforge/function.finished"),
+        (&failed, "inngest/function.failed"),
+        (&failed, "inngest/function.finished"),
+        (&failed, "flowforge/function.finished"),
+    ] {
+        assert_eq!(about(run_id, name, &page), 0, "{name} of {run_id}: {page}");
     }
+    assert_eq!(
+        about(&failed, "flowforge/function.failed", &page),
+        1,
+        "{page}"
+    );
 }
 
 async fn runs_can_be_cancelled_by_the_api_and_by_an_event(backend: TestBackend) {
@@ -798,6 +907,7 @@ flowforge_tests::on_both_backends!(
     parallel_steps_run_once_each,
     a_failing_step_is_retried_until_it_succeeds,
     a_non_retriable_failure_fails_the_run_at_once,
+    a_run_end_is_announced_to_whoever_listens,
     runs_can_be_cancelled_by_the_api_and_by_an_event,
     a_replay_runs_again_from_the_same_event,
     bad_requests_get_typed_errors,
