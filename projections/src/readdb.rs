@@ -48,9 +48,19 @@ impl ReadDb {
             // as their rows: a crash can lose the last few commits only together, and the
             // runner then simply applies those events again. So they need not wait for
             // the WAL flush, which would otherwise cost a flush per projection per batch.
+            //
+            // Statements are planned for their parameters every time. sqlx prepares
+            // them, and after five executions PostgreSQL may settle on a generic plan
+            // costed while the table was still empty: a projection's `WHERE key IN (…)`
+            // load then stayed a sequential scan as the table grew, reading every row
+            // for every batch (two thirds of the loads in the runs benchmark), and the
+            // API's optional filters (`$n IS NULL OR …`) cannot use an index in a
+            // generic plan at all.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("SET synchronous_commit = off").await?;
+                    conn.execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
                     Ok(())
                 })
             })
