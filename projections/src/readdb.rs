@@ -51,11 +51,11 @@ impl ReadDb {
             //
             // Statements are planned for their parameters every time. sqlx prepares
             // them, and after five executions PostgreSQL may settle on a generic plan
-            // costed while the table was still empty: a projection's `WHERE key IN (…)`
-            // load then stayed a sequential scan as the table grew, reading every row
-            // for every batch (two thirds of the loads in the runs benchmark), and the
-            // API's optional filters (`$n IS NULL OR …`) cannot use an index in a
-            // generic plan at all.
+            // costed while the table was young (one page, never analysed): a
+            // projection's `WHERE key IN (…)` load then stayed a sequential scan as the
+            // table grew, reading every row for every batch, until autovacuum's next
+            // ANALYZE (two thirds of the loads in the runs benchmark); and the API's
+            // optional filters (`$n IS NULL OR …`) cannot use an index in a generic plan.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("SET synchronous_commit = off").await?;

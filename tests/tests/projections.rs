@@ -443,3 +443,68 @@ async fn ready_counts_only_events_a_read_model_still_has_to_apply(backend: TestB
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// sqlx prepares statements; PostgreSQL may then settle on a generic plan costed while
+/// a read model's table was still a page, and keep scanning the whole table for each
+/// lookup by key as the table grows (until an ANALYZE happens to invalidate it). Read
+/// model connections plan each execution for its parameters and the table's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lookups_first_planned_on_a_young_table_use_its_index_once_it_has_grown() {
+    let Some(backend) = TestBackend::postgres().await else {
+        return;
+    };
+    let db = backend.read_db().await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    // As wide as a run's row: on a table of one page never analysed, the planner
+    // assumes 10 pages of such rows, where a scan looks cheaper than the index.
+    let columns: Vec<String> = (0..20).map(|i| format!("c{i} TEXT")).collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE plan_probe (id TEXT PRIMARY KEY, {})",
+        columns.join(", ")
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // A young read model: its first page, never analysed.
+    sqlx::query("INSERT INTO plan_probe (id) SELECT 'k' || n FROM generate_series(1, 5) n")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let lookup = "SELECT id FROM plan_probe WHERE id IN ($1, $2)";
+    for _ in 0..10 {
+        let rows = sqlx::query(lookup)
+            .bind("k1")
+            .bind("k2")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+    }
+    sqlx::query(
+        "INSERT INTO plan_probe (id, c0) SELECT 'k' || n, repeat('x', 200) \
+         FROM generate_series(6, 50000) n",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // pg_stat_xact_* shows this backend's scans not yet reported, at once: the
+    // difference around the lookup is the lookup's.
+    let scans = "SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) \
+                 FROM pg_stat_xact_user_tables WHERE relname = 'plan_probe'";
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    let before: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *conn).await.unwrap();
+    let rows = sqlx::query(lookup)
+        .bind("k7")
+        .bind("k49999")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let after: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *conn).await.unwrap();
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let scans = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        scans.0 == 0 && scans.1 >= 1,
+        "(sequential scans, index scans) of the lookup: {scans:?}"
+    );
+}
