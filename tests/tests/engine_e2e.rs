@@ -221,6 +221,16 @@ async fn run_for(api: &Api, event: &str, data: Value) -> String {
     api.runs_of_event(&id, 1, RUN_TIMEOUT).await.remove(0)
 }
 
+/// Waits until one of the run's steps has this status (`waiting`, `sleeping`, …).
+async fn until_a_step_is(api: &Api, run_id: &str, status: &str) {
+    api.run_until(run_id, RUN_TIMEOUT, |r| {
+        r["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["status"] == status))
+    })
+    .await;
+}
+
 /// No step was recorded completed twice, and every recorded event of the run is in order.
 async fn assert_each_step_completed_once(api: &Api, run_id: &str) {
     let (status, events) = api.get(&format!("/api/v1/runs/{run_id}/events")).await;
@@ -263,13 +273,7 @@ async fn a_multi_step_function_with_a_sleep_completes(backend: TestBackend) {
 async fn a_wait_resumes_with_the_matching_event(backend: TestBackend) {
     let env = env(&backend).await;
     let run_id = run_for(&env.api, "e2e/order", json!({"order_id": "o-1"})).await;
-    env.api
-        .run_until(&run_id, RUN_TIMEOUT, |r| {
-            r["steps"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
-        })
-        .await;
+    until_a_step_is(&env.api, &run_id, "waiting").await;
     // An event for another order does not match; the right one does.
     env.api
         .send(
@@ -420,13 +424,7 @@ async fn a_run_end_is_announced_to_whoever_listens(backend: TestBackend) {
     let env = env(&backend).await;
     // A step waits for the end of the run of `n: 41`.
     let awaiter = run_for(&env.api, "e2e/await-end", json!({"n": 41})).await;
-    env.api
-        .run_until(&awaiter, RUN_TIMEOUT, |r| {
-            r["steps"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
-        })
-        .await;
+    until_a_step_is(&env.api, &awaiter, "waiting").await;
     let awaited = run_for(&env.api, "e2e/steps", json!({"n": 41})).await;
     let awaited_run = env.api.finished_run(&awaited, RUN_TIMEOUT).await;
     assert_eq!(awaited_run["status"], "completed", "{awaited_run}");
@@ -500,13 +498,7 @@ async fn runs_can_be_cancelled_by_the_api_and_by_an_event(backend: TestBackend) 
     let by_api = run_for(&env.api, "e2e/sleeper", json!({"id": "a"})).await;
     let by_event = run_for(&env.api, "e2e/sleeper", json!({"id": "b"})).await;
     for run_id in [&by_api, &by_event] {
-        env.api
-            .run_until(run_id, RUN_TIMEOUT, |r| {
-                r["steps"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().any(|s| s["status"] == "sleeping"))
-            })
-            .await;
+        until_a_step_is(&env.api, run_id, "sleeping").await;
     }
     let (status, body) = env
         .api
@@ -766,13 +758,7 @@ async fn test_key_events_reach_no_live_run(backend: TestBackend) {
     let (test, live) = (key("test").await, key("live").await);
 
     let run_id = run_for(&env.api, "e2e/order", json!({"order_id": "o-9"})).await;
-    env.api
-        .run_until(&run_id, RUN_TIMEOUT, |r| {
-            r["steps"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s["status"] == "waiting"))
-        })
-        .await;
+    until_a_step_is(&env.api, &run_id, "waiting").await;
     let shipped = json!({"name": "e2e/shipped", "data": {"order_id": "o-9", "carrier": "test"}});
     let (status, sent) = test.post("/api/v1/events", &shipped).await;
     assert_eq!(status, 200, "{sent}");
