@@ -42,7 +42,16 @@ pub struct PostgresConfig {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
-    /// Writer tasks; each has at most one append call in flight.
+    /// Writer tasks; each has at most one append call in flight, carrying every append
+    /// that queued while the previous call was out.
+    ///
+    /// One, by default. Each call is one transaction, one WAL flush and one run of the
+    /// append function whatever its size, so one writer that groups everything waiting
+    /// does the least work per append; and its commits reach the log tail in position
+    /// order, so the tail never has to read them back. With four writers the runs
+    /// benchmark made 693–733 runs/s on PostgreSQL + NATS, with one 911–961 (same
+    /// minutes, same build). The price is that one very large append (thousands of
+    /// events) delays the appends queued behind it until it commits.
     pub append_writers: usize,
 }
 
@@ -52,7 +61,7 @@ impl PostgresConfig {
             url: url.into(),
             max_connections: 32,
             acquire_timeout: Duration::from_secs(10),
-            append_writers: 4,
+            append_writers: 1,
         }
     }
 }
