@@ -41,7 +41,7 @@ impl ReadDb {
     ) -> Result<Self, ProjectionError> {
         install_drivers();
         let options: AnyConnectOptions = url.parse()?;
-        let pool = AnyPoolOptions::new()
+        let pool = flowforge_store::pool::check_only_idle_connections(AnyPoolOptions::new())
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
             // Read models are derived and their checkpoint commits in the same transaction
@@ -86,7 +86,7 @@ impl ReadDb {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let options: AnyConnectOptions = url.parse()?;
         let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
-        let pool = AnyPoolOptions::new()
+        let pool = flowforge_store::pool::check_only_idle_connections(AnyPoolOptions::new())
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {

@@ -17,6 +17,7 @@
 mod error;
 mod event;
 pub mod notifier;
+pub mod pool;
 pub mod postgres;
 pub mod secrets;
 pub mod sqlite;

@@ -1006,3 +1006,77 @@ conformance!(
     the_log_cannot_be_changed_at_the_database_level,
     live_events_are_exactly_what_the_log_returns,
 );
+
+/// The pools' health check (`flowforge_store::pool`): a connection that sat idle is
+/// checked and, if its server side is gone, replaced before use; one used a moment ago
+/// is handed out without a round trip, so a break in between reaches the statement.
+mod pooled_connections {
+    use std::time::Duration;
+
+    use flowforge_store::pool::{IDLE_BEFORE_CHECK, check_only_idle_connections};
+    use flowforge_tests::pg::TestDatabase;
+    use sqlx::postgres::{PgPool, PgPoolOptions};
+
+    async fn one_connection_pool(db: &TestDatabase) -> PgPool {
+        check_only_idle_connections(PgPoolOptions::new().max_connections(1))
+            .connect(db.url())
+            .await
+            .unwrap()
+    }
+
+    async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+    }
+
+    async fn terminate(db: &TestDatabase, pid: i32) {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(db.url())
+            .await
+            .unwrap();
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert!(terminated, "backend {pid} was not terminated");
+        admin.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_whose_server_side_died_is_replaced_before_use() {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let pool = one_connection_pool(&db).await;
+        let first = backend_pid(&pool).await.unwrap();
+        terminate(&db, first).await;
+        tokio::time::sleep(IDLE_BEFORE_CHECK + Duration::from_millis(200)).await;
+        let second = backend_pid(&pool)
+            .await
+            .expect("the dead idle connection should have been replaced");
+        assert_ne!(
+            first, second,
+            "the statement ran on the dead connection's pid"
+        );
+        pool.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_used_a_moment_ago_is_handed_out_without_a_check() {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let pool = one_connection_pool(&db).await;
+        let first = backend_pid(&pool).await.unwrap();
+        terminate(&db, first).await;
+        // Not pinged: the break reaches this statement (callers retry it as transient).
+        assert!(backend_pid(&pool).await.is_err());
+        // The broken connection was dropped; the next statement gets a new one.
+        let next = backend_pid(&pool).await.unwrap();
+        assert_ne!(first, next);
+        pool.close().await;
+    }
+}

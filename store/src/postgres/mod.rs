@@ -98,7 +98,7 @@ impl PostgresEventStore {
         upcasters: Upcasters,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = config.url.parse()?;
-        let pool = PgPoolOptions::new()
+        let pool = crate::pool::check_only_idle_connections(PgPoolOptions::new())
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)

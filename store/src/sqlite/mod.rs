@@ -124,7 +124,7 @@ impl SqliteEventStore {
             sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM event_log")
                 .fetch_one(&mut writer)
                 .await?;
-        let readers = SqlitePoolOptions::new()
+        let readers = crate::pool::check_only_idle_connections(SqlitePoolOptions::new())
             .max_connections(config.read_connections.max(1))
             .connect_with(options)
             .await?;
