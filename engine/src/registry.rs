@@ -292,3 +292,120 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use flowforge_domain::Environment;
+    use flowforge_domain::app::{AppSynced, CancelRule, FunctionSpec, FunctionVersion, Trigger};
+
+    use super::*;
+
+    fn function(id: &str, triggers: &[&str], cancels_on: &[&str]) -> FunctionVersion {
+        FunctionVersion {
+            spec: FunctionSpec {
+                id: id.into(),
+                name: id.into(),
+                triggers: triggers
+                    .iter()
+                    .map(|event| Trigger::Event {
+                        event: (*event).into(),
+                        expression: Some("event.data.never == true".into()),
+                    })
+                    .collect(),
+                max_attempts: 1,
+                url: "http://app.invalid/api/inngest".into(),
+                cancel: cancels_on
+                    .iter()
+                    .map(|event| CancelRule {
+                        event: (*event).into(),
+                        expression: None,
+                        timeout: None,
+                    })
+                    .collect(),
+                flow_control: serde_json::Value::Null,
+            },
+            version: 1,
+        }
+    }
+
+    fn registry(space: &Space, functions: Vec<FunctionVersion>) -> Registry {
+        let registry = Registry::new();
+        registry.apply_sync(
+            space,
+            &AppSynced {
+                app_id: "app".into(),
+                url: "http://app.invalid/api/inngest".into(),
+                sdk: None,
+                framework: None,
+                functions,
+                removed: Vec::new(),
+                modified: true,
+                at: Utc::now(),
+            },
+        );
+        registry
+    }
+
+    const FINISHED: &str = "inngest/function.finished";
+
+    #[test]
+    fn a_trigger_of_another_function_reacts_by_name_whatever_its_expression() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("audit", &[FINISHED], &[])]);
+        assert!(r.reacts_to(&live, FINISHED, "worker"));
+        assert!(!r.reacts_to(&live, "inngest/function.failed", "worker"));
+    }
+
+    #[test]
+    fn a_wildcard_trigger_reacts_to_the_names_it_matches() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("audit", &["inngest/function.*"], &[])]);
+        assert!(r.reacts_to(&live, FINISHED, "worker"));
+        assert!(!r.reacts_to(&live, "flowforge/function.finished", "worker"));
+    }
+
+    #[test]
+    fn a_function_triggered_by_its_own_end_does_not_count_for_its_own_runs() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("audit", &[FINISHED], &[])]);
+        assert!(!r.reacts_to(&live, FINISHED, "audit"));
+    }
+
+    #[test]
+    fn a_cancel_rule_reacts_even_on_the_runs_own_function() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("worker", &["app/go"], &[FINISHED])]);
+        assert!(r.reacts_to(&live, FINISHED, "worker"));
+        assert!(r.reacts_to(&live, FINISHED, "other"));
+        assert!(!r.reacts_to(&live, "app/go.finished", "other"));
+    }
+
+    #[test]
+    fn another_space_never_reacts() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("audit", &[FINISHED], &[FINISHED])]);
+        assert!(!r.reacts_to(&Space::new("acme", Environment::Test), FINISHED, "worker"));
+        assert!(!r.reacts_to(&Space::new("other", Environment::Live), FINISHED, "worker"));
+    }
+
+    #[test]
+    fn a_function_removed_by_a_later_sync_no_longer_reacts() {
+        let live = Space::new("acme", Environment::Live);
+        let r = registry(&live, vec![function("audit", &[FINISHED], &[])]);
+        r.apply_sync(
+            &live,
+            &AppSynced {
+                app_id: "app".into(),
+                url: "http://app.invalid/api/inngest".into(),
+                sdk: None,
+                framework: None,
+                functions: vec![function("worker", &["app/go"], &[])],
+                removed: vec!["audit".into()],
+                modified: true,
+                at: Utc::now(),
+            },
+        );
+        assert!(!r.reacts_to(&live, FINISHED, "worker"));
+    }
+}
