@@ -1024,6 +1024,15 @@ mod pooled_connections {
             .unwrap()
     }
 
+    /// A pool of one connection, used once, whose server process has then been
+    /// terminated; and that process's pid.
+    async fn pool_whose_connection_died(db: &TestDatabase) -> (PgPool, i32) {
+        let pool = one_connection_pool(db).await;
+        let pid = backend_pid(&pool).await.unwrap();
+        terminate(db, pid).await;
+        (pool, pid)
+    }
+
     async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
         sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(pool)
@@ -1050,9 +1059,7 @@ mod pooled_connections {
         let Some(db) = TestDatabase::create().await else {
             return;
         };
-        let pool = one_connection_pool(&db).await;
-        let first = backend_pid(&pool).await.unwrap();
-        terminate(&db, first).await;
+        let (pool, first) = pool_whose_connection_died(&db).await;
         tokio::time::sleep(IDLE_BEFORE_CHECK + Duration::from_millis(200)).await;
         let second = backend_pid(&pool)
             .await
@@ -1069,9 +1076,7 @@ mod pooled_connections {
         let Some(db) = TestDatabase::create().await else {
             return;
         };
-        let pool = one_connection_pool(&db).await;
-        let first = backend_pid(&pool).await.unwrap();
-        terminate(&db, first).await;
+        let (pool, first) = pool_whose_connection_died(&db).await;
         // Not pinged: the break reaches this statement (callers retry it as transient).
         assert!(backend_pid(&pool).await.is_err());
         // The broken connection was dropped; the next statement gets a new one.

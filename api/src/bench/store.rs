@@ -25,6 +25,7 @@ use flowforge_domain::run::{
 };
 use flowforge_domain::{Actor, EventMetadata, TenantId};
 use flowforge_projections::ReadDb;
+use flowforge_store::pool::check_only_idle_connections;
 use flowforge_store::postgres::{PostgresConfig, PostgresEventStore};
 use flowforge_store::sqlite::{SqliteConfig, SqliteEventStore};
 use flowforge_store::{EventStore, ExpectedVersion, LogFilter, NewEvent, Upcasters, subscribe};
@@ -161,7 +162,8 @@ struct PgBaseline {
 
 impl PgBaseline {
     async fn open(url: &str) -> anyhow::Result<Self> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        // Pooled like the log's connections, so that the comparison is of the writes.
+        let pool = check_only_idle_connections(sqlx::postgres::PgPoolOptions::new())
             .max_connections(40)
             .connect(url)
             .await?;
@@ -193,7 +195,7 @@ impl SqliteBaseline {
             &path,
             flowforge_store::sqlite::Durability::Full,
         );
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        let pool = check_only_idle_connections(sqlx::sqlite::SqlitePoolOptions::new())
             .max_connections(32)
             .connect_with(options)
             .await?;
