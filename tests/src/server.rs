@@ -263,15 +263,27 @@ impl Api {
         timeout: Duration,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.get_until(&format!("/api/v1/runs/{run_id}"), timeout, check)
+            .await
+    }
+
+    /// Waits until `GET path` answers 200 with a body that satisfies `check`: what a
+    /// read model shows follows the log, a moment later.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}")).await;
-            if status == 200 && check(&run) {
-                return run;
+            let (status, body) = self.get(path).await;
+            if status == 200 && check(&body) {
+                return body;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "run {run_id} never reached the state; last seen: {run}"
+                "{path} never reached the state; last seen: {status} {body}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
