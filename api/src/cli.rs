@@ -347,6 +347,10 @@ struct NatsArgs {
     /// (executors touch jobs they are working on every third of it).
     #[arg(long, env = "FLOWFORGE_NATS_ACK_WAIT_SECS", default_value_t = 30)]
     nats_ack_wait_secs: u64,
+    /// Jobs of one tenant each process keeps in hand, waiting for one of its executors
+    /// (in the scheduler's process: jobs it keeps instead of publishing them).
+    #[arg(long, env = "FLOWFORGE_NATS_PREFETCH_PER_TENANT", default_value_t = 64)]
+    nats_prefetch_per_tenant: usize,
     /// Seconds after which a queued job whose run has not moved on is queued again
     /// (default: the call timeout plus the ack wait).
     #[arg(long, env = "FLOWFORGE_JOB_LEASE_SECS")]
@@ -372,6 +376,7 @@ impl NatsArgs {
         settings.prefix = self.nats_prefix.clone();
         settings.replicas = self.nats_replicas.max(1);
         settings.ack_wait = std::time::Duration::from_secs(self.nats_ack_wait_secs.max(1));
+        settings.prefetch_per_tenant = self.nats_prefetch_per_tenant.max(1);
         settings.credentials_file = self.nats_creds.clone();
         settings.user_password = match (&self.nats_user, &self.nats_password) {
             (Some(user), Some(password)) => Some((user.clone(), password.clone())),

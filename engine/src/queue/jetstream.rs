@@ -43,7 +43,14 @@ pub struct JetStreamSettings {
     pub max_deliver: i64,
     /// Publishes of the same message id within this window are stored once.
     pub duplicate_window: Duration,
-    /// Jobs of one tenant one process holds at once, waiting for an executor.
+    /// Jobs of one tenant one process holds at once, waiting for an executor: fetched
+    /// from the stream or, in the scheduler's process, kept instead of published.
+    ///
+    /// 64 by default, a process's executors: the scheduler's process then publishes a
+    /// tenant's jobs only when it has more waiting than it has executors, so its runs
+    /// seldom make the round trip through JetStream. With 4, two processes on this
+    /// 2-core machine made 373–426 runs/s, with 64 455–507 and about 15 % less CPU
+    /// (runs benchmark, alternating in the same minutes); one process was unchanged.
     pub prefetch_per_tenant: usize,
     /// NATS credentials file, user/password or token, if the server asks for them.
     pub credentials_file: Option<std::path::PathBuf>,
@@ -62,7 +69,7 @@ impl JetStreamSettings {
             ack_wait: Duration::from_secs(30),
             max_deliver: 20,
             duplicate_window: Duration::from_secs(120),
-            prefetch_per_tenant: 4,
+            prefetch_per_tenant: 64,
             credentials_file: None,
             user_password: None,
             token: None,
