@@ -21,11 +21,20 @@ pub const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(1);
 /// moment apart fails that one statement, which every caller already handles as a
 /// transient error.
 pub fn check_only_idle_connections<DB: Database>(options: PoolOptions<DB>) -> PoolOptions<DB> {
+    check_only_connections_idle_for(options, IDLE_BEFORE_CHECK)
+}
+
+/// [`check_only_idle_connections`] with another idle threshold; tests use it so that
+/// what counts as "a moment ago" does not depend on how loaded the machine is.
+pub fn check_only_connections_idle_for<DB: Database>(
+    options: PoolOptions<DB>,
+    idle_before_check: Duration,
+) -> PoolOptions<DB> {
     options
         .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
+        .before_acquire(move |connection, meta| {
             Box::pin(async move {
-                if meta.idle_for >= IDLE_BEFORE_CHECK {
+                if meta.idle_for >= idle_before_check {
                     connection.ping().await?;
                 }
                 Ok(true)

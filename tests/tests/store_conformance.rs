@@ -1013,12 +1013,15 @@ conformance!(
 mod pooled_connections {
     use std::time::Duration;
 
-    use flowforge_store::pool::{IDLE_BEFORE_CHECK, check_only_idle_connections};
+    use flowforge_store::pool::{IDLE_BEFORE_CHECK, check_only_connections_idle_for};
     use flowforge_tests::pg::TestDatabase;
     use sqlx::postgres::{PgPool, PgPoolOptions};
 
-    async fn one_connection_pool(db: &TestDatabase) -> PgPool {
-        check_only_idle_connections(PgPoolOptions::new().max_connections(1))
+    /// Long enough that a loaded machine never makes "a moment ago" count as idle.
+    const NEVER_IDLE: Duration = Duration::from_secs(3600);
+
+    async fn one_connection_pool(db: &TestDatabase, idle_before_check: Duration) -> PgPool {
+        check_only_connections_idle_for(PgPoolOptions::new().max_connections(1), idle_before_check)
             .connect(db.url())
             .await
             .unwrap()
@@ -1026,8 +1029,11 @@ mod pooled_connections {
 
     /// A pool of one connection, used once, whose server process has then been
     /// terminated; and that process's pid.
-    async fn pool_whose_connection_died(db: &TestDatabase) -> (PgPool, i32) {
-        let pool = one_connection_pool(db).await;
+    async fn pool_whose_connection_died(
+        db: &TestDatabase,
+        idle_before_check: Duration,
+    ) -> (PgPool, i32) {
+        let pool = one_connection_pool(db, idle_before_check).await;
         let pid = backend_pid(&pool).await.unwrap();
         terminate(db, pid).await;
         (pool, pid)
@@ -1059,7 +1065,7 @@ mod pooled_connections {
         let Some(db) = TestDatabase::create().await else {
             return;
         };
-        let (pool, first) = pool_whose_connection_died(&db).await;
+        let (pool, first) = pool_whose_connection_died(&db, IDLE_BEFORE_CHECK).await;
         tokio::time::sleep(IDLE_BEFORE_CHECK + Duration::from_millis(200)).await;
         let second = backend_pid(&pool)
             .await
@@ -1076,7 +1082,7 @@ mod pooled_connections {
         let Some(db) = TestDatabase::create().await else {
             return;
         };
-        let (pool, first) = pool_whose_connection_died(&db).await;
+        let (pool, first) = pool_whose_connection_died(&db, NEVER_IDLE).await;
         // Not pinged: the break reaches this statement (callers retry it as transient).
         assert!(backend_pid(&pool).await.is_err());
         // The broken connection was dropped; the next statement gets a new one.
