@@ -1091,3 +1091,63 @@ mod pooled_connections {
         pool.close().await;
     }
 }
+
+/// `event_log_read` (one round trip: the safe position, then the read) stops below an
+/// append that is still in flight, even when a later append has committed, and returns
+/// both once the first commits.
+mod one_call_reads {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_stops_below_an_append_still_in_flight() {
+        let Some(backend) = Backend::postgres().await else {
+            return;
+        };
+        let Backend::Postgres(db) = &backend else {
+            unreachable!()
+        };
+        let store = backend.open(Upcasters::new()).await;
+        let first = append_n(store.as_ref(), &stream(), 1).await[0];
+
+        use sqlx::Connection;
+        let mut slow = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+        let held = event("test.slow", json!({}));
+        let (held_position,): (i64,) = sqlx::query_as(
+            "SELECT global_position FROM event_log_append(ARRAY[$1], ARRAY['slow'], \
+             ARRAY[-1::bigint], ARRAY['t1'], ARRAY[1], ARRAY[$2::uuid], ARRAY[$3], \
+             ARRAY[1], ARRAY['{}'], ARRAY[$4])",
+        )
+        .bind(stream())
+        .bind(held.event_id)
+        .bind(&held.event_type)
+        .bind(serde_json::to_string(&held.metadata).unwrap())
+        .fetch_one(&mut slow)
+        .await
+        .unwrap();
+        let later = append_n(store.as_ref(), &stream(), 1).await[0];
+        assert!(u64::try_from(held_position).unwrap() < later);
+
+        let page = store.read_all(0, 100, &LogFilter::all()).await.unwrap();
+        let seen: Vec<u64> = page.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(seen, vec![first], "read past a position still in flight");
+        assert_eq!(
+            page.scanned_to, first,
+            "moved past a position still in flight"
+        );
+
+        sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+        let page = store.read_all(0, 100, &LogFilter::all()).await.unwrap();
+        let seen: Vec<u64> = page.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(
+            seen,
+            vec![first, u64::try_from(held_position).unwrap(), later]
+        );
+        assert_eq!(page.scanned_to, later);
+        assert_eq!(page.events[1].event_id, held.event_id);
+
+        let page = store.read_all(later, 100, &LogFilter::all()).await.unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(page.scanned_to, later, "a read with nothing new stays put");
+    }
+}

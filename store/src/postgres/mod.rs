@@ -5,7 +5,7 @@
 //! one commit (one WAL flush) for many appends, each still checked against its own
 //! expected version (group commit). Reads are bounded by `event_log_safe_position()`,
 //! which is what makes the log safe to tail while concurrent transactions commit out
-//! of position order.
+//! of position order; `event_log_read()` computes it and reads in one round trip.
 //!
 //! Cross-process wake-ups use LISTEN/NOTIFY, but the NOTIFY is sent *after* the append
 //! commits, from a separate statement: a NOTIFY inside the append transaction would take
@@ -706,44 +706,42 @@ impl EventStore for PostgresEventStore {
         limit: usize,
         filter: &LogFilter,
     ) -> Result<LogPage, StoreError> {
-        // Two statements on purpose: the read's snapshot must be taken after the safe
-        // position was computed (see event_log_safe_position).
-        let safe = safe_position(&self.inner.pool).await?;
-        if safe <= after {
-            return Ok(LogPage {
-                events: Vec::new(),
-                scanned_to: after,
-            });
-        }
+        // One call: `event_log_read` computes the safe position and then reads, as two
+        // statements inside the function, so the read's snapshot is taken after the
+        // safe position was (see event_log_safe_position and migration 0006).
+        //
+        // It reads a window of positions, not "everything up to safe": positions are
+        // nearly contiguous, so a window of `limit` positions holds about `limit`
+        // events, and whatever plan PostgreSQL picks (with fresh statistics or stale
+        // ones, as after a bulk load) touches only that window. An open range let a
+        // stale-statistics plan bitmap-scan and sort every row up to the head for each
+        // page.
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        // Read a window of positions, not "everything up to safe": positions are nearly
-        // contiguous, so a window of `limit` positions holds about `limit` events, and
-        // whatever plan PostgreSQL picks (with fresh statistics or stale ones, as after a
-        // bulk load) touches only that window. An open range let a stale-statistics plan
-        // bitmap-scan and sort every row up to the head for each page.
         let filtered = filter.tenant_id.is_some() || filter.event_types.is_some();
         let window = if filtered {
             limit.saturating_mul(8)
         } else {
             limit
         };
-        let upper = safe.min(after.saturating_add(to_u64(window)));
         let rows = sqlx::query(
-            "SELECT global_position, event_id, stream_id, stream_type, stream_version, event_type, \
-                    schema_version, payload, metadata, recorded_at \
-             FROM event_log \
-             WHERE global_position > $1 AND global_position <= $2 \
-               AND ($3::text IS NULL OR tenant_id = $3) \
-               AND ($4::text[] IS NULL OR event_type = ANY($4)) \
-             ORDER BY global_position LIMIT $5",
+            "SELECT upper_bound, global_position, event_id, stream_id, stream_type, \
+                    stream_version, event_type, schema_version, payload, metadata, recorded_at \
+             FROM event_log_read($1, $2, $3, $4, $5)",
         )
         .bind(to_i64(after))
-        .bind(to_i64(upper))
+        .bind(window)
+        .bind(limit)
         .bind(filter.tenant_id.as_deref())
         .bind(filter.event_types.as_deref())
-        .bind(limit)
         .fetch_all(&self.inner.pool)
         .await?;
+        let Some((header, rows)) = rows.split_first() else {
+            return Err(StoreError::Corrupt {
+                position: after,
+                reason: "event_log_read returned no header row".into(),
+            });
+        };
+        let upper = to_u64(header.try_get::<i64, _>("upper_bound")?).max(after);
         let events = rows
             .iter()
             .map(|row| self.decode(row))
