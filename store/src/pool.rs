@@ -41,3 +41,64 @@ pub fn check_only_connections_idle_for<DB: Database>(
             })
         })
 }
+
+/// One pooled connection kept by a task that uses it all the time (the log's writer,
+/// the commit announcer), instead of taken from the pool and given back per statement.
+///
+/// sqlx pings every connection given back to a pool (sqlx-core 0.9,
+/// `PoolConnection::return_to_pool`; there is no setting for it): one more round trip,
+/// and a wake-up of a server process, after every statement. A task that holds its
+/// connection pays it only when it gives the connection up. It checks the connection
+/// itself as the pool would, only after it sat idle for the threshold, and takes
+/// another when a statement on it failed for any reason other than the database's
+/// answer.
+pub struct HeldConnection<DB: Database> {
+    pool: sqlx::Pool<DB>,
+    connection: Option<sqlx::pool::PoolConnection<DB>>,
+    last_used: std::time::Instant,
+    idle_before_check: Duration,
+}
+
+impl<DB: Database> HeldConnection<DB> {
+    pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        Self {
+            pool,
+            connection: None,
+            last_used: std::time::Instant::now(),
+            idle_before_check: IDLE_BEFORE_CHECK,
+        }
+    }
+
+    /// The held connection: taken from the pool if none is held, pinged first (and
+    /// replaced if the ping fails) if it sat idle for the threshold.
+    pub async fn get(&mut self) -> Result<&mut DB::Connection, sqlx::Error> {
+        if let Some(mut connection) = self.connection.take() {
+            let healthy = self.last_used.elapsed() < self.idle_before_check
+                || connection.ping().await.is_ok();
+            if healthy {
+                self.connection = Some(connection);
+            } else {
+                connection.close_on_drop();
+            }
+        }
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        self.last_used = std::time::Instant::now();
+        Ok(&mut **self.connection.insert(connection))
+    }
+
+    /// Reports how the last statement on the connection went: unless the database
+    /// answered it (an error of the statement, not of the connection), the connection
+    /// is closed and the next [`HeldConnection::get`] takes another.
+    pub fn after<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        let broken = match result {
+            Ok(_) => false,
+            Err(error) => error.as_database_error().is_none(),
+        };
+        if broken && let Some(mut connection) = self.connection.take() {
+            connection.close_on_drop();
+        }
+    }
+}

@@ -1027,6 +1027,8 @@ mod pooled_connections {
     use flowforge_tests::pg::TestDatabase;
     use sqlx::postgres::{PgPool, PgPoolOptions};
 
+    use super::{PostgresEventStore, Upcasters, append_n, stream};
+
     /// Long enough that a loaded machine never makes "a moment ago" count as idle.
     const NEVER_IDLE: Duration = Duration::from_secs(3600);
 
@@ -1109,6 +1111,213 @@ mod pooled_connections {
             "the replacement connection is kept, not replaced again"
         );
         pool.close().await;
+    }
+
+    /// What the pool says to the server, seen from a TCP proxy between them: the type
+    /// byte of every message the client sends after its startup packet, in order.
+    struct CountingProxy {
+        port: u16,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl CountingProxy {
+        /// A proxy to the server of `db`.
+        async fn to_database(db: &TestDatabase) -> Self {
+            let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+            Self::to(format!("{}:{}", options.get_host(), options.get_port())).await
+        }
+
+        /// How to reach `db` through the proxy: in clear, so that it can read.
+        fn options(&self, db: &TestDatabase) -> sqlx::postgres::PgConnectOptions {
+            let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+            options
+                .host("127.0.0.1")
+                .port(self.port)
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+        }
+
+        async fn to(server: String) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let record = sent.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = upstream.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let record = record.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut frames = FrontendFrames::default();
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let types = frames.feed(&buffer[..n]);
+                            record.lock().unwrap().extend(types);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { port, sent, task }
+        }
+
+        /// Messages sent since the last call.
+        fn take(&self) -> Vec<char> {
+            std::mem::take(&mut *self.sent.lock().unwrap())
+                .into_iter()
+                .map(char::from)
+                .collect()
+        }
+    }
+
+    impl Drop for CountingProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Splits the client's byte stream into PostgreSQL frontend messages: untyped
+    /// packets (SSL/GSS requests, then the startup message) first, then messages of a
+    /// type byte and a length that counts itself.
+    #[derive(Default)]
+    struct FrontendFrames {
+        pending: Vec<u8>,
+        started: bool,
+    }
+
+    impl FrontendFrames {
+        fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+            const SSL_REQUEST: u32 = 80_877_103;
+            const GSS_REQUEST: u32 = 80_877_104;
+            self.pending.extend_from_slice(bytes);
+            let mut types = Vec::new();
+            loop {
+                let header = usize::from(self.started);
+                let Some(length) = self.pending.get(header..header + 4) else {
+                    return types;
+                };
+                let length = u32::from_be_bytes(length.try_into().unwrap()) as usize;
+                let total = header + length;
+                if self.pending.len() < total {
+                    return types;
+                }
+                if self.started {
+                    types.push(self.pending[0]);
+                } else {
+                    let code = u32::from_be_bytes(self.pending[4..8].try_into().unwrap());
+                    self.started = code != SSL_REQUEST && code != GSS_REQUEST;
+                }
+                self.pending.drain(..total);
+            }
+        }
+    }
+
+    /// A pool of one connection through a [`CountingProxy`], with `idle_before_check`.
+    async fn pool_through_proxy(
+        db: &TestDatabase,
+        idle_before_check: Duration,
+    ) -> (PgPool, CountingProxy) {
+        let proxy = CountingProxy::to_database(db).await;
+        let pool = check_only_connections_idle_for(
+            PgPoolOptions::new().max_connections(1),
+            idle_before_check,
+        )
+        .connect_with(proxy.options(db))
+        .await
+        .unwrap();
+        (pool, proxy)
+    }
+
+    /// The cheap check, shown on the wire: a connection used a moment ago gets no ping
+    /// (`Sync` alone, the whole of sqlx's PostgreSQL ping) before its next statement,
+    /// and one idle past the threshold gets exactly one. It also shows what the pool
+    /// cannot be told not to do, and why the log's writer holds its connection
+    /// (`store::pool::HeldConnection`): sqlx pings every connection given back to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_connection_idle_past_the_threshold_is_pinged_before_use() {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let idle_before_check = Duration::from_millis(400);
+        let (pool, proxy) = pool_through_proxy(&db, idle_before_check).await;
+        // Simple-protocol statements: each is one `Query` message, so every `Sync` on
+        // the wire is a ping.
+        let statement = || sqlx::raw_sql("SELECT 1").execute(&pool);
+        statement().await.unwrap();
+        // The ping on release runs after the statement has answered.
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+        settle().await;
+        proxy.take();
+
+        for _ in 0..5 {
+            statement().await.unwrap();
+        }
+        settle().await;
+        assert_eq!(
+            proxy.take().iter().collect::<String>(),
+            "QSQSQSQSQS",
+            "expected each statement, then sqlx's ping on release, and no ping before use"
+        );
+
+        tokio::time::sleep(idle_before_check).await;
+        statement().await.unwrap();
+        settle().await;
+        assert_eq!(
+            proxy.take().iter().collect::<String>(),
+            "SQS",
+            "an idle connection was not pinged exactly once before its statement"
+        );
+        pool.close().await;
+    }
+
+    /// The log's writer and its commit announcer keep their connections: on the wire,
+    /// every `Sync` an append or an announcement sends closes its own statement
+    /// (`Execute`); none is a ping on a connection given back to the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_in_a_row_cost_no_ping_on_the_wire() {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let proxy = CountingProxy::to_database(&db).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(proxy.options(&db))
+            .await
+            .unwrap();
+        let store = PostgresEventStore::from_pool(pool, Upcasters::new(), 1)
+            .await
+            .unwrap();
+        let stream = stream();
+        append_n(&store, &stream, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.take();
+
+        for _ in 0..20 {
+            append_n(&store, &stream, 1).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = proxy.take();
+        let count = |kind: char| sent.iter().filter(|&&c| c == kind).count();
+        assert!(
+            count('E') >= 20,
+            "expected at least 20 statements (one per append), saw {sent:?}"
+        );
+        assert_eq!(
+            count('S'),
+            count('E'),
+            "a Sync without a statement (a ping) between appends: {sent:?}"
+        );
     }
 }
 

@@ -18,10 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row, types::Json};
+use sqlx::{Postgres, Row, types::Json};
 use uuid::Uuid;
 
 use crate::notifier::HeadNotifier;
+use crate::pool::HeldConnection;
 use crate::{
     AppendOutcome, AppendedEvent, EventStore, ExpectedVersion, HeadWatch, LogFilter, LogPage,
     NewEvent, StoreError, StoredEvent, Upcasters, event::validate_batch,
@@ -155,17 +156,18 @@ impl PostgresEventStore {
     /// call (the writer then hands them to the log tail).
     async fn append_group(
         &self,
+        connection: &mut HeldConnection<Postgres>,
         group: &[&PendingAppend],
     ) -> (
         Vec<Result<AppendOutcome, StoreError>>,
         Option<DateTime<Utc>>,
     ) {
-        match self.call_append(group).await {
+        match self.call_append(connection, group).await {
             Ok(answer) => answer,
             Err(error) if is_unique_violation(&error) => {
                 let mut results = Vec::with_capacity(group.len());
                 for append in group {
-                    results.push(self.append_alone(append).await);
+                    results.push(self.append_alone(connection, append).await);
                 }
                 (results, None)
             }
@@ -176,11 +178,15 @@ impl PostgresEventStore {
         }
     }
 
-    async fn append_alone(&self, append: &PendingAppend) -> Result<AppendOutcome, StoreError> {
+    async fn append_alone(
+        &self,
+        connection: &mut HeldConnection<Postgres>,
+        append: &PendingAppend,
+    ) -> Result<AppendOutcome, StoreError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let result = match self.call_append(&[append]).await {
+            let result = match self.call_append(connection, &[append]).await {
                 Ok((mut results, _)) => results.pop().unwrap_or(Err(StoreError::Backend(
                     "event_log_append returned no result".into(),
                 ))),
@@ -204,6 +210,7 @@ impl PostgresEventStore {
     /// inserted events were recorded (the transaction's time, the same for all).
     async fn call_append(
         &self,
+        connection: &mut HeldConnection<Postgres>,
         group: &[&PendingAppend],
     ) -> Result<
         (
@@ -235,7 +242,7 @@ impl PostgresEventStore {
             payloads.extend(append.columns.payloads.iter().map(|p| p.get()));
             metadata.extend(append.columns.metadata.iter().map(String::as_str));
         }
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT append_index, status, global_position, stream_version, detail \
              FROM event_log_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
@@ -248,9 +255,10 @@ impl PostgresEventStore {
         .bind(&types)
         .bind(&schema_versions)
         .bind(&payloads)
-        .bind(&metadata)
-        .fetch_all(&self.inner.pool)
-        .await?;
+        .bind(&metadata);
+        let rows = query.fetch_all(connection.get().await?).await;
+        connection.after(&rows);
+        let rows = rows?;
 
         let mut outcomes: Vec<Result<AppendOutcome, StoreError>> = group
             .iter()
@@ -539,6 +547,10 @@ async fn write_appends(
     store: std::sync::Weak<Inner>,
     pending: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PendingAppend>>>,
 ) {
+    let Some(pool) = store.upgrade().map(|inner| inner.pool.clone()) else {
+        return;
+    };
+    let mut connection = HeldConnection::new(pool);
     loop {
         let group = {
             let mut pending = pending.lock().await;
@@ -561,7 +573,7 @@ async fn write_appends(
         let Some(inner) = store.upgrade() else { return };
         let store = PostgresEventStore { inner };
         let refs: Vec<&PendingAppend> = group.iter().collect();
-        let (results, recorded_at) = store.append_group(&refs).await;
+        let (results, recorded_at) = store.append_group(&mut connection, &refs).await;
         let last = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -600,14 +612,21 @@ async fn safe_position(pool: &PgPool) -> Result<u64, StoreError> {
 
 /// Publishes local commits to other processes, coalescing bursts into one NOTIFY.
 async fn announce_commits(pool: PgPool, mut commits: tokio::sync::watch::Receiver<u64>) {
+    let mut connection = HeldConnection::new(pool);
     while commits.changed().await.is_ok() {
         let head = *commits.borrow_and_update();
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(head.to_string())
-            .execute(&pool)
-            .await
-        {
+        let announced = match connection.get().await {
+            Ok(held) => {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(head.to_string())
+                    .execute(held)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        connection.after(&announced);
+        if let Err(error) = announced {
             // Readers elsewhere fall back to polling; nothing is lost, only latency.
             tracing::debug!(%error, "could not announce a commit");
         }
