@@ -52,20 +52,30 @@ pub fn check_only_connections_idle_for<DB: Database>(
 /// itself as the pool would, only after it sat idle for the threshold, and takes
 /// another when a statement on it failed for any reason other than the database's
 /// answer.
+///
+/// In a pool smaller than [`MIN_POOL_TO_HOLD`] it holds nothing between statements:
+/// the tasks that hold connections could otherwise take all of it and leave every other
+/// user (the LISTEN connection, readers) waiting.
 pub struct HeldConnection<DB: Database> {
     pool: sqlx::Pool<DB>,
     connection: Option<sqlx::pool::PoolConnection<DB>>,
     last_used: std::time::Instant,
     idle_before_check: Duration,
+    hold: bool,
 }
+
+/// The smallest pool from which a [`HeldConnection`] keeps its connection.
+pub const MIN_POOL_TO_HOLD: u32 = 8;
 
 impl<DB: Database> HeldConnection<DB> {
     pub fn new(pool: sqlx::Pool<DB>) -> Self {
+        let hold = pool.options().get_max_connections() >= MIN_POOL_TO_HOLD;
         Self {
             pool,
             connection: None,
             last_used: std::time::Instant::now(),
             idle_before_check: IDLE_BEFORE_CHECK,
+            hold,
         }
     }
 
@@ -91,7 +101,8 @@ impl<DB: Database> HeldConnection<DB> {
 
     /// Reports how the last statement on the connection went: unless the database
     /// answered it (an error of the statement, not of the connection), the connection
-    /// is closed and the next [`HeldConnection::get`] takes another.
+    /// is closed and the next [`HeldConnection::get`] takes another. In a small pool
+    /// the connection goes back to it here.
     pub fn after<T>(&mut self, result: &Result<T, sqlx::Error>) {
         let broken = match result {
             Ok(_) => false,
@@ -99,6 +110,9 @@ impl<DB: Database> HeldConnection<DB> {
         };
         if broken && let Some(mut connection) = self.connection.take() {
             connection.close_on_drop();
+        }
+        if !self.hold {
+            self.connection = None;
         }
     }
 }

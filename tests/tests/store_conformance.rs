@@ -1281,6 +1281,40 @@ mod pooled_connections {
         pool.close().await;
     }
 
+    /// A pool too small to give connections away for good (here 2: the writer and the
+    /// announcer would take both) still serves everyone: the LISTEN connection, reads,
+    /// and appends in a row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_pool_is_not_taken_over_by_the_writer() {
+        use flowforge_store::{EventStore, LogFilter};
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(db.url())
+            .await
+            .unwrap();
+        let store = PostgresEventStore::from_pool(pool, Upcasters::new(), 1)
+            .await
+            .unwrap();
+        let stream = stream();
+        let mut appended = Vec::new();
+        for _ in 0..5 {
+            appended.extend(append_n(&store, &stream, 1).await);
+        }
+        let page = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.read_all(0, 100, &LogFilter::all()),
+        )
+        .await
+        .expect("a read waited for a connection the writer kept")
+        .expect("a read failed");
+        let read: Vec<u64> = page.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(read, appended);
+    }
+
     /// The log's writer and its commit announcer keep their connections: on the wire,
     /// every `Sync` an append or an announcement sends closes its own statement
     /// (`Execute`); none is a ping on a connection given back to the pool.
