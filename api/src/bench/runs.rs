@@ -35,6 +35,11 @@ pub struct RunsBenchArgs {
     /// Servers for `postgres-nats`; clients spread their requests over them.
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// `all`: requests go round-robin to every server; `first`: only to the first, so
+    /// the others only follow the log and stand by (what a process that serves no
+    /// requests costs the one that does).
+    #[arg(long, default_value = "all", value_parser = ["all", "first"])]
+    send_to: String,
     #[arg(
         long,
         env = "FLOWFORGE_BENCH_NATS_URL",
@@ -288,7 +293,12 @@ pub async fn run(args: RunsBenchArgs) -> anyhow::Result<()> {
                             a
                         })
                         .collect();
-                    format!("postgres-nats-{}p{suffix}", servers.len())
+                    let only_first = if args.send_to == "first" && servers.len() > 1 {
+                        "-to-first"
+                    } else {
+                        ""
+                    };
+                    format!("postgres-nats-{}p{only_first}{suffix}", servers.len())
                 } else {
                     format!("{backend}{suffix}")
                 };
@@ -366,9 +376,15 @@ async fn measure(
         .tcp_nodelay(true)
         .build()?;
     for path in paths {
+        let receiving = if args.send_to == "first" {
+            1
+        } else {
+            servers.len()
+        };
         let call = spread(
             servers
                 .iter()
+                .take(receiving)
                 .map(|s| caller(http.clone(), s.url.clone(), path))
                 .collect(),
         );
