@@ -1403,3 +1403,110 @@ mod one_call_reads {
         assert_eq!(page.scanned_to, later, "a read with nothing new stays put");
     }
 }
+
+mod writers_in_two_processes {
+    use super::*;
+
+    /// Each process's writer sends the appends waiting as one call (one transaction).
+    /// Two such calls appending to the same streams take the same stream versions, so
+    /// one waits for the other on the stream-version index; if they inserted the
+    /// streams in opposite orders, each would wait for the other and PostgreSQL would
+    /// abort one as a deadlock, failing every append in it. Every append must land.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batches_to_the_same_streams_in_opposite_orders_all_land() {
+        let Some(backend) = Backend::postgres().await else {
+            return;
+        };
+        let Backend::Postgres(db) = &backend else {
+            unreachable!()
+        };
+        let one = backend.open(Upcasters::new()).await;
+        let two = backend.open(Upcasters::new()).await;
+
+        // A few rounds: the two calls must start within a millisecond or so of each other.
+        for _round in 0..3 {
+            // Hold both writers inside a call: every append announces itself with a shared
+            // lock on the key of the sequence's current value, which this takes exclusively.
+            use sqlx::Connection;
+            let mut gate = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            let key: i64 = sqlx::query_scalar(
+                "SELECT event_log_epoch_key(CASE WHEN is_called THEN last_value ELSE 0 END) \
+                 FROM event_log_position_seq",
+            )
+            .fetch_one(&mut gate)
+            .await
+            .unwrap();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(key)
+                .execute(&mut gate)
+                .await
+                .unwrap();
+            let held: Vec<_> = [one.clone(), two.clone()]
+                .into_iter()
+                .map(|store| {
+                    tokio::spawn(async move { append_n(store.as_ref(), &stream(), 1).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+
+            // Meanwhile each writer's queue fills, with one call's worth: every `a` stream,
+            // then every `b`, in the first process; every `b`, then every `a`, in the
+            // second. Once the gate opens, both send theirs at the same moment: unordered,
+            // each would hold half the streams the other goes on to insert.
+            let pairs: Vec<(String, String)> = (0..128).map(|_| (stream(), stream())).collect();
+            let (a, b): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+            let mut appends = Vec::new();
+            for (store, first, then) in [(&one, &a, &b), (&two, &b, &a)] {
+                for stream_id in first.iter().chain(then) {
+                    let (store, stream_id) = (store.clone(), stream_id.clone());
+                    appends.push(async move {
+                        store
+                            .append(
+                                &stream_id,
+                                "thing",
+                                ExpectedVersion::Any,
+                                vec![event("thing.happened", json!({}))],
+                            )
+                            .await
+                    });
+                }
+            }
+            let appends = tokio::spawn(futures::future::join_all(appends));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut gate)
+                .await
+                .unwrap();
+            for first in held {
+                first.await.unwrap();
+            }
+
+            let failed: Vec<String> = appends
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|result| result.err().map(|e| e.to_string()))
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{} of {} appends failed, e.g. {:?}",
+                failed.len(),
+                pairs.len() * 4,
+                failed.first()
+            );
+            for (a, b) in &pairs {
+                for stream_id in [a, b] {
+                    let versions: Vec<u64> = one
+                        .read_stream(stream_id, 1)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|e| e.stream_version)
+                        .collect();
+                    assert_eq!(versions, vec![1, 2], "{stream_id}");
+                }
+            }
+        }
+    }
+}

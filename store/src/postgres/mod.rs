@@ -533,7 +533,9 @@ fn shared_error(error: &sqlx::Error) -> StoreError {
     ) || error
         .as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c.starts_with("08") || c == "57P01");
+        // A deadlock or serialization failure aborted the whole call; each append in it
+        // may simply be tried again.
+        .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "40P01" || c == "40001");
     if transient {
         StoreError::Unavailable(error.to_string())
     } else {
@@ -568,6 +570,11 @@ async fn write_appends(
                     Err(_) => break,
                 }
             }
+            // Every writer, in every process, inserts into streams in the same order, so
+            // two calls appending to the same streams wait for each other instead of
+            // deadlocking on the stream-version index (stable: one stream's appends keep
+            // their order).
+            group.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
             group
         };
         let Some(inner) = store.upgrade() else { return };
